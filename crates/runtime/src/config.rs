@@ -1,0 +1,239 @@
+//! Layered configuration: built-in defaults < an optional TOML file < `STOREMESH_*` environment
+//! variables (`__` separates nesting, e.g. `STOREMESH_AUTH__SERVER__LISTEN=0.0.0.0:50051`).
+//!
+//! Each crate owns the typed section it reads (`auth`, `redis`, `telemetry`, ...). Sections are
+//! extracted on their own, so one service's settings never need another's to be valid, and every
+//! error names the offending key and where its value came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the TOML configuration file (the `--config` flag wins over it).
+pub const CONFIG_FILE_ENV: &str = "STOREMESH_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    /// A value that could not be parsed; figment's message names the key and its source.
+    #[error("invalid configuration: {0}")]
+    Parse(Box<figment::Error>),
+    /// A value that parsed but is not acceptable.
+    #[error("invalid configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        ConfigError::Parse(Box::new(error))
+    }
+}
+
+/// Semantic checks run after a section parsed. `section` is the section's key, so messages can
+/// name the full key (`auth.server.concurrency_limit`).
+pub trait Validate {
+    fn validate(&self, section: &str) -> Result<(), ConfigError>;
+}
+
+/// Builds typed configuration sections from the layered sources.
+#[derive(Clone)]
+pub struct ConfigLoader {
+    figment: Figment,
+}
+
+impl ConfigLoader {
+    /// Loads the file named by `file` (or `$STOREMESH_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env_file = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file);
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile { path });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(Self {
+            figment: with_environment(figment),
+        })
+    }
+
+    /// A loader from TOML text plus the environment (tests, embedded defaults).
+    pub fn from_toml_str(toml: &str) -> Self {
+        Self {
+            figment: with_environment(Figment::new().merge(Toml::string(toml))),
+        }
+    }
+
+    /// Extracts and validates one section, starting from `T::default()` so partially given
+    /// sections keep the section's own defaults for the rest (e.g. a service's default ports).
+    pub fn section<T>(&self, key: &str) -> Result<T, ConfigError>
+    where
+        T: Default + Serialize + DeserializeOwned + Validate,
+    {
+        let value: T = Figment::from(Serialized::default(key, T::default()))
+            .merge(self.figment.clone())
+            .extract_inner(key)?;
+        value.validate(key)?;
+        Ok(value)
+    }
+}
+
+fn with_environment(figment: Figment) -> Figment {
+    // `REDIS_URL` is the conventional name; `STOREMESH_REDIS__URL` (merged after it) wins.
+    figment
+        .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+        .merge(Env::prefixed("STOREMESH_").split("__").ignore(&["config"]))
+}
+
+/// Settings every gRPC host has. Each service embeds one under `<service>.server`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC (and gRPC-Web) listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// Largest accepted or sent gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// Requests handled at once; more are refused with `RESOURCE_EXHAUSTED` instead of queueing.
+    pub concurrency_limit: usize,
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// How often readiness (e.g. Redis reachability) is re-checked, in milliseconds.
+    pub readiness_interval_ms: u64,
+}
+
+impl ServerConfig {
+    /// Loopback defaults on the given ports.
+    pub fn on_ports(grpc: u16, admin: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], grpc)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], admin)),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_message_bytes: 4 * 1024 * 1024,
+            concurrency_limit: 1024,
+            shutdown_grace_ms: 10_000,
+            readiness_interval_ms: 2_000,
+        }
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            key: format!("{section}.{field}"),
+            message: message.to_owned(),
+        };
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "max_message_bytes",
+                "must be between 1024 and 67108864 bytes",
+            ));
+        }
+        if self.concurrency_limit == 0 {
+            return Err(invalid("concurrency_limit", "must be at least 1"));
+        }
+        if self.readiness_interval_ms < 50 {
+            return Err(invalid("readiness_interval_ms", "must be at least 50 ms"));
+        }
+        if self.listen.port() != 0 && self.listen == self.admin_listen {
+            return Err(invalid("admin_listen", "must differ from `listen`"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct DemoSection {
+        server: ServerConfig,
+        greeting: String,
+    }
+
+    impl Default for DemoSection {
+        fn default() -> Self {
+            Self {
+                server: ServerConfig::on_ports(50099, 9099),
+                greeting: "hello".into(),
+            }
+        }
+    }
+
+    impl Validate for DemoSection {
+        fn validate(&self, section: &str) -> Result<(), ConfigError> {
+            self.server.validate(&format!("{section}.server"))
+        }
+    }
+
+    #[test]
+    fn partial_section_keeps_section_defaults() {
+        let loader = ConfigLoader::from_toml_str("[demo.server]\nlisten = \"0.0.0.0:7000\"\n");
+        let demo: DemoSection = loader.section("demo").unwrap();
+        assert_eq!(demo.server.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(demo.server.admin_listen, "127.0.0.1:9099".parse().unwrap());
+        assert_eq!(demo.greeting, "hello");
+    }
+
+    #[test]
+    fn missing_section_is_all_defaults() {
+        let demo: DemoSection = ConfigLoader::from_toml_str("").section("demo").unwrap();
+        assert_eq!(demo, DemoSection::default());
+    }
+
+    #[test]
+    fn parse_error_names_the_key() {
+        let loader = ConfigLoader::from_toml_str("[demo.server]\nlisten = \"not an address\"\n");
+        let error = loader
+            .section::<DemoSection>("demo")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("listen"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let loader = ConfigLoader::from_toml_str("[demo]\ngreetnig = \"typo\"\n");
+        let error = loader
+            .section::<DemoSection>("demo")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("greetnig"), "{error}");
+    }
+
+    #[test]
+    fn semantic_error_names_the_full_key() {
+        let loader = ConfigLoader::from_toml_str("[demo.server]\nconcurrency_limit = 0\n");
+        let error = loader
+            .section::<DemoSection>("demo")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("demo.server.concurrency_limit"), "{error}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let error = ConfigLoader::load(Some(Path::new("/nonexistent/storemesh.toml")))
+            .err()
+            .unwrap();
+        assert!(matches!(error, ConfigError::MissingFile { .. }));
+    }
+}

@@ -1,0 +1,259 @@
+//! Per-RPC observability as a tower layer: one span per call (child of the caller's W3C trace
+//! context, carrying the request id), and Prometheus metrics in the conventional
+//! `grpc_server_*` shape:
+//!
+//! - `grpc_server_started_total{service,method}`
+//! - `grpc_server_handled_total{service,method,code}` (errors are the non-`OK` codes)
+//! - `grpc_server_handling_seconds{service,method}` histogram, until the last byte of the response
+//!
+//! The status is read where gRPC puts it: response headers for trailers-only answers, otherwise
+//! the trailers at the end of the body. A body dropped before its end (client went away) counts as
+//! `CANCELLED`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::error::code_name;
+use crate::telemetry::adopt_remote_parent;
+
+pub const STARTED_TOTAL: &str = "grpc_server_started_total";
+pub const HANDLED_TOTAL: &str = "grpc_server_handled_total";
+pub const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+
+/// Registers metric descriptions so `/metrics` documents them.
+pub fn describe_metrics() {
+    metrics::describe_counter!(STARTED_TOTAL, "gRPC calls started on the server");
+    metrics::describe_counter!(
+        HANDLED_TOTAL,
+        "gRPC calls completed on the server, by status code"
+    );
+    metrics::describe_histogram!(
+        HANDLING_SECONDS,
+        metrics::Unit::Seconds,
+        "time from request to the end of the response stream"
+    );
+}
+
+/// Splits `/package.Service/Method` into its parts; anything else is labelled `unknown`.
+fn rpc_names(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    match (parts.next(), parts.next()) {
+        (Some(service), Some(method)) if !service.is_empty() && !method.is_empty() => {
+            (service.to_owned(), method.to_owned())
+        }
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
+    }
+}
+
+fn status_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// Records the outcome of one call exactly once (on status, or on drop).
+struct CallRecord {
+    service: String,
+    method: String,
+    start: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: tonic::Code) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let name = code_name(code);
+        let elapsed = self.start.elapsed();
+        let labels = [
+            ("service", self.service.clone()),
+            ("method", self.method.clone()),
+        ];
+        metrics::counter!(
+            HANDLED_TOTAL,
+            &[
+                ("service", self.service.clone()),
+                ("method", self.method.clone()),
+                ("code", name.to_owned()),
+            ]
+        )
+        .increment(1);
+        metrics::histogram!(HANDLING_SECONDS, &labels).record(elapsed.as_secs_f64());
+        self.span.record("grpc.code", name);
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        match code {
+            tonic::Code::Ok | tonic::Code::NotFound | tonic::Code::Cancelled => {
+                tracing::debug!(parent: &self.span, grpc.code = name, elapsed_ms, "rpc finished");
+            }
+            tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
+                tracing::error!(parent: &self.span, grpc.code = name, elapsed_ms, "rpc failed");
+            }
+            _ => {
+                tracing::info!(parent: &self.span, grpc.code = name, elapsed_ms, "rpc refused");
+            }
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+/// The observability layer; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcObserveLayer;
+
+impl<S> Layer<S> for RpcObserveLayer {
+    type Service = RpcObserve<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcObserve { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcObserve<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcObserve<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let (service, method) = rpc_names(request.uri().path());
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let span = tracing::info_span!(
+            "rpc",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            request_id = %request_id,
+            grpc.code = tracing::field::Empty,
+        );
+        adopt_remote_parent(&span, request.headers());
+        metrics::counter!(STARTED_TOTAL, "service" => service.clone(), "method" => method.clone())
+            .increment(1);
+        let mut record = CallRecord {
+            service,
+            method,
+            start: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        let future = self.inner.call(request).instrument(span);
+        Box::pin(async move {
+            match future.await {
+                Ok(response) => {
+                    if let Some(code) = status_code(response.headers()) {
+                        record.finish(code);
+                    }
+                    Ok(response.map(|body| ObservedBody {
+                        inner: body,
+                        record: Some(record),
+                    }))
+                }
+                Err(error) => {
+                    record.finish(tonic::Code::Unknown);
+                    Err(error)
+                }
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that reports the call's status when its trailers (or its end) arrive.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<CallRecord>,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(record) = this.record.as_mut()
+                {
+                    record.finish(status_code(trailers).unwrap_or(tonic::Code::Unknown));
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(record) = this.record.as_mut() {
+                    record.finish(tonic::Code::Internal);
+                }
+            }
+            None => {
+                // A body that ends without trailers and without a header status is malformed
+                // gRPC; `finish` is a no-op when the status was already recorded.
+                if let Some(record) = this.record.as_mut() {
+                    record.finish(tonic::Code::Unknown);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            rpc_names("/storemesh.auth.v1.AuthService/Login"),
+            ("storemesh.auth.v1.AuthService".into(), "Login".into())
+        );
+        assert_eq!(rpc_names("/"), ("unknown".into(), "unknown".into()));
+        assert_eq!(rpc_names("/only"), ("unknown".into(), "unknown".into()));
+    }
+}

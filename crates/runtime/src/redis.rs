@@ -1,0 +1,93 @@
+//! Redis connections shared by the services that keep state there.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, Validate};
+use crate::error::ServiceError;
+use crate::server::ReadinessCheck;
+
+/// The `redis` configuration section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; also settable as `REDIS_URL`.
+    pub url: String,
+    /// Time allowed to (re)establish a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one command's reply, in milliseconds.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Validate for RedisConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        redis::Client::open(self.url.as_str()).map_err(|error| ConfigError::Invalid {
+            key: format!("{section}.url"),
+            message: error.to_string(),
+        })?;
+        if self.connect_timeout_ms == 0 || self.response_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.response_timeout_ms"),
+                message: "timeouts must be greater than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens a self-reconnecting connection. The first connection must succeed, so a service with a
+/// wrong URL fails at start instead of reporting "not ready" forever.
+pub async fn connect(config: &RedisConfig) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(config.url.as_str())?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, manager_config).await
+}
+
+/// Readiness: Redis answers `PING`.
+#[derive(Clone)]
+pub struct RedisReadiness(pub ConnectionManager);
+
+impl ReadinessCheck for RedisReadiness {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        let mut connection = self.0.clone();
+        Box::pin(async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .map(drop)
+                .map_err(|error| format!("redis: {error}"))
+        })
+    }
+}
+
+impl From<redis::RedisError> for ServiceError {
+    fn from(error: redis::RedisError) -> Self {
+        if error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_io_error()
+        {
+            tracing::warn!(%error, "redis unavailable");
+            ServiceError::Unavailable("state store unavailable, retry later".into())
+        } else {
+            ServiceError::internal(error)
+        }
+    }
+}
