@@ -12,6 +12,7 @@
 //! - [`error`]: the one place where typed errors become `tonic::Status`.
 //! - [`redis`]: the Redis connection manager and readiness check.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod observe;

@@ -159,6 +159,7 @@ where
             rpc.method = %method,
             request_id = %request_id,
             grpc.code = tracing::field::Empty,
+            subject = tracing::field::Empty,
         );
         adopt_remote_parent(&span, request.headers());
         metrics::counter!(STARTED_TOTAL, "service" => service.clone(), "method" => method.clone())

@@ -23,6 +23,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::auth::{AuthLayer, Authenticator};
 use crate::config::ServerConfig;
 use crate::observe::{RpcObserveLayer, describe_metrics};
 use crate::shed::LoadShedLayer;
@@ -77,9 +78,16 @@ pub struct ServiceHostBuilder {
     service_names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     readiness: Vec<Arc<dyn ReadinessCheck>>,
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl ServiceHostBuilder {
+    /// Verifies bearer tokens on every call and hands handlers the caller's identity.
+    pub fn authenticate_with(mut self, authenticator: Arc<Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
     /// The configured message size limit, for `max_{en,de}coding_message_size` on generated
     /// servers (tonic sets it per service, not per host).
     pub fn max_message_bytes(&self) -> usize {
@@ -168,6 +176,7 @@ impl ServiceHost {
             service_names: Vec::new(),
             descriptor_sets: Vec::new(),
             readiness: Vec::new(),
+            authenticator: None,
         }
     }
 
@@ -272,6 +281,7 @@ impl ServiceHost {
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RpcObserveLayer)
             .layer(LoadShedLayer::new(config.concurrency_limit))
+            .option_layer(self.builder.authenticator.clone().map(AuthLayer::new))
             .into_inner();
 
         let mut routes = self.builder.routes;

@@ -1,1 +1,80 @@
-fn main() {}
+//! `storemesh`: one binary for every Storemesh process.
+//!
+//! - `storemesh serve <service>` runs one service in the foreground (what Kubernetes runs).
+//! - `storemesh up` runs the whole system on this machine as child processes.
+//! - `storemesh auth rotate-key` rotates the token signing key.
+
+mod serve;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "storemesh",
+    version,
+    about = "Storemesh: product-media backend"
+)]
+struct Cli {
+    /// TOML configuration file (defaults < file < STOREMESH_* environment variables).
+    #[arg(long, global = true, env = "STOREMESH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one service in the foreground until SIGINT/SIGTERM.
+    Serve {
+        #[arg(value_enum)]
+        service: serve::Service,
+    },
+    /// Run the whole system on this machine (a local redis-server unless REDIS_URL is set).
+    Up(up::UpArgs),
+    /// Auth administration.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Retire the current token signing key and create a new one (restart auth afterwards).
+    /// The old key stays published until every token it signed has expired.
+    RotateKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { service } => serve::run(service, cli.config.as_deref()).await,
+            Command::Up(args) => up::run(args, cli.config.as_deref()).await,
+            Command::Auth {
+                command: AuthCommand::RotateKey,
+            } => serve::rotate_key(cli.config.as_deref()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

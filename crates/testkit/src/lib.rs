@@ -5,8 +5,10 @@
 //! - [`echo`]: a small service built on the shared runtime, used to test the runtime itself.
 
 pub mod echo;
+pub mod host;
 mod redis_server;
 
+pub use host::RunningHost;
 pub use redis_server::{RedisServer, RedisServerError};
 
 /// Asks the OS for a free loopback port. Another process may take it before it is used, so

@@ -1,0 +1,429 @@
+//! Authentication and authorization for every service.
+//!
+//! [`AuthLayer`] authenticates: a request with `authorization: Bearer <jwt>` is verified
+//! **locally** against the auth service's published keys (cached; refetched when a token names an
+//! unknown `kid`, at most once per `jwks_min_refresh_interval_ms`, so a flood of bogus key ids
+//! cannot hammer the auth service), its `jti` is checked against the Redis denylist, and the
+//! verified [`Identity`] is put into the request's extensions. A bad token is refused with
+//! `UNAUTHENTICATED` before the handler runs; a request without a token reaches the handler with
+//! no identity, and the handler decides (some methods are public).
+//!
+//! Handlers authorize with [`caller`] and the [`Authorize`] helpers: missing identity →
+//! `UNAUTHENTICATED`; identity without the right role, ownership or scope → `PERMISSION_DENIED`.
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+pub use storemesh_tokens::{Identity, Role, scopes};
+use storemesh_tokens::{PublicJwk, TokenError, Verifier, VerifierSettings};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::config::{ConfigError, Validate};
+use crate::error::{ServiceError, ServiceResult};
+
+/// Redis key prefix of revoked access-token ids (`<prefix><jti>`, TTL = token's remaining life).
+/// Written by the auth service on logout, read by every verifier.
+pub const DENYLIST_PREFIX: &str = "auth:deny:";
+
+/// The `tokens` configuration section, shared by the issuer (auth) and every verifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// `iss` of every access token.
+    pub issuer: String,
+    /// `aud` of every access token (the whole mesh).
+    pub audience: String,
+    /// Allowed clock skew when checking `exp`, in seconds.
+    pub leeway_secs: u64,
+    /// gRPC endpoint of the auth service, where verifiers fetch the public keys.
+    pub auth_endpoint: String,
+    /// Minimum time between two key fetches triggered by unknown key ids, in milliseconds.
+    pub jwks_min_refresh_interval_ms: u64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "storemesh".into(),
+            audience: "storemesh".into(),
+            leeway_secs: 5,
+            auth_endpoint: "http://127.0.0.1:50051".into(),
+            jwks_min_refresh_interval_ms: 10_000,
+        }
+    }
+}
+
+impl Validate for TokensConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            key: format!("{section}.{field}"),
+            message: message.to_owned(),
+        };
+        if self.issuer.trim().is_empty() {
+            return Err(invalid("issuer", "must not be empty"));
+        }
+        if self.audience.trim().is_empty() {
+            return Err(invalid("audience", "must not be empty"));
+        }
+        if self.leeway_secs > 300 {
+            return Err(invalid("leeway_secs", "must be at most 300"));
+        }
+        if !(self.auth_endpoint.starts_with("http://")
+            || self.auth_endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "auth_endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TokensConfig {
+    pub fn verifier_settings(&self) -> VerifierSettings {
+        VerifierSettings {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway_secs: self.leeway_secs,
+        }
+    }
+}
+
+/// Where verifiers get the current public keys.
+pub trait KeySource: Send + Sync + 'static {
+    fn fetch(&self) -> BoxFuture<'_, Result<Vec<PublicJwk>, String>>;
+}
+
+/// Fetches keys from the auth service's `GetPublicKeys`.
+pub struct GrpcKeySource {
+    channel: tonic::transport::Channel,
+}
+
+impl GrpcKeySource {
+    pub fn new(endpoint: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Self { channel })
+    }
+}
+
+impl KeySource for GrpcKeySource {
+    fn fetch(&self) -> BoxFuture<'_, Result<Vec<PublicJwk>, String>> {
+        use storemesh_proto::auth::v1::GetPublicKeysRequest;
+        use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+        let mut client = AuthServiceClient::with_interceptor(
+            self.channel.clone(),
+            crate::telemetry::TracePropagation,
+        );
+        Box::pin(async move {
+            let response = client
+                .get_public_keys(GetPublicKeysRequest {})
+                .await
+                .map_err(|status| format!("GetPublicKeys: {}", status.message()))?;
+            storemesh_tokens::parse_jwks(&response.into_inner().jwks_json)
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// Verifies bearer tokens; see the module docs.
+pub struct Authenticator {
+    settings: VerifierSettings,
+    source: Arc<dyn KeySource>,
+    verifier: RwLock<Arc<Verifier>>,
+    /// Earliest time of the next key fetch; the mutex also makes fetches single-flight.
+    next_fetch: tokio::sync::Mutex<Instant>,
+    min_refresh: Duration,
+    denylist: Option<ConnectionManager>,
+}
+
+/// After a failed fetch (auth not up yet), try again sooner than after a successful one.
+const RETRY_AFTER_FAILED_FETCH: Duration = Duration::from_secs(1);
+
+impl Authenticator {
+    pub fn new(
+        config: &TokensConfig,
+        source: Arc<dyn KeySource>,
+        denylist: Option<ConnectionManager>,
+    ) -> Result<Self, TokenError> {
+        let settings = config.verifier_settings();
+        Ok(Self {
+            verifier: RwLock::new(Arc::new(Verifier::new(settings.clone(), &[])?)),
+            settings,
+            source,
+            next_fetch: tokio::sync::Mutex::new(Instant::now()),
+            min_refresh: Duration::from_millis(config.jwks_min_refresh_interval_ms),
+            denylist,
+        })
+    }
+
+    /// An authenticator fetching keys from `config.auth_endpoint`.
+    pub fn from_config(
+        config: &TokensConfig,
+        denylist: Option<ConnectionManager>,
+    ) -> Result<Self, ServiceError> {
+        let source = GrpcKeySource::new(&config.auth_endpoint).map_err(ServiceError::internal)?;
+        Self::new(config, Arc::new(source), denylist).map_err(ServiceError::internal)
+    }
+
+    fn current(&self) -> Arc<Verifier> {
+        match self.verifier.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Fetches the keys now unless a fetch happened too recently.
+    pub async fn refresh_keys(&self) {
+        let mut next_fetch = self.next_fetch.lock().await;
+        if Instant::now() < *next_fetch {
+            return;
+        }
+        match self.source.fetch().await {
+            Ok(keys) => match Verifier::new(self.settings.clone(), &keys) {
+                Ok(verifier) => {
+                    tracing::info!(keys = keys.len(), "token verification keys refreshed");
+                    match self.verifier.write() {
+                        Ok(mut guard) => *guard = Arc::new(verifier),
+                        Err(poisoned) => *poisoned.into_inner() = Arc::new(verifier),
+                    }
+                    *next_fetch = Instant::now() + self.min_refresh;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "auth service published unusable keys");
+                    *next_fetch = Instant::now() + self.min_refresh;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot fetch token verification keys");
+                *next_fetch = Instant::now() + RETRY_AFTER_FAILED_FETCH;
+            }
+        }
+    }
+
+    /// Verifies `token` and returns who it identifies.
+    pub async fn authenticate(&self, token: &str) -> ServiceResult<Identity> {
+        let kid = Verifier::token_key_id(token).map_err(unauthenticated)?;
+        if !self.current().knows_key(&kid) {
+            self.refresh_keys().await;
+        }
+        let identity = self.current().verify(token).map_err(unauthenticated)?;
+        if let Some(redis) = &self.denylist {
+            let mut connection = redis.clone();
+            let revoked: bool = redis::cmd("EXISTS")
+                .arg(format!("{DENYLIST_PREFIX}{}", identity.token_id))
+                .query_async(&mut connection)
+                .await?;
+            if revoked {
+                return Err(ServiceError::Unauthenticated(
+                    "access token has been revoked".into(),
+                ));
+            }
+        }
+        Ok(identity)
+    }
+}
+
+fn unauthenticated(error: TokenError) -> ServiceError {
+    let message = match error {
+        TokenError::UnknownKey { .. } => "access token signed by an unknown key".to_owned(),
+        other => format!("invalid access token: {other}"),
+    };
+    ServiceError::Unauthenticated(message)
+}
+
+/// Extracts the token from an `authorization: Bearer <token>` value.
+pub fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The identity of the caller, or `UNAUTHENTICATED`.
+pub fn caller<T>(request: &tonic::Request<T>) -> ServiceResult<&Identity> {
+    request.extensions().get::<Identity>().ok_or_else(|| {
+        ServiceError::Unauthenticated("this method requires a bearer access token".into())
+    })
+}
+
+/// Authorization rules, each `PERMISSION_DENIED` when not met.
+pub trait Authorize {
+    fn require_admin(&self) -> ServiceResult<()>;
+    fn require_role(&self, allowed: &[Role]) -> ServiceResult<()>;
+    fn require_scope(&self, scope: &str) -> ServiceResult<()>;
+    /// The user owning a resource, or an admin.
+    fn require_owner_or_admin(&self, owner: &str) -> ServiceResult<()>;
+}
+
+impl Authorize for Identity {
+    fn require_admin(&self) -> ServiceResult<()> {
+        self.require_role(&[Role::Admin])
+    }
+
+    fn require_role(&self, allowed: &[Role]) -> ServiceResult<()> {
+        if allowed.contains(&self.role) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|role| role.as_str()).collect();
+            Err(ServiceError::PermissionDenied(format!(
+                "requires role {}",
+                names.join(" or ")
+            )))
+        }
+    }
+
+    fn require_scope(&self, scope: &str) -> ServiceResult<()> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ServiceError::PermissionDenied(format!(
+                "requires scope {scope}"
+            )))
+        }
+    }
+
+    fn require_owner_or_admin(&self, owner: &str) -> ServiceResult<()> {
+        if self.is_admin() || (self.role != Role::Service && self.subject == owner) {
+            Ok(())
+        } else {
+            Err(ServiceError::PermissionDenied(
+                "only the owner or an admin may do this".into(),
+            ))
+        }
+    }
+}
+
+/// The authentication layer; see the module docs.
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let Some(token) = bearer_token(header).map(str::to_owned) else {
+            let status = tonic::Status::unauthenticated(
+                "authorization metadata must be `Bearer <access token>`",
+            );
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        // The service that was polled ready is the one to call; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            match authenticator.authenticate(&token).await {
+                Ok(identity) => {
+                    tracing::Span::current().record("subject", identity.subject.as_str());
+                    request.extensions_mut().insert(identity);
+                    inner.call(request).await
+                }
+                Err(error) => Ok(tonic::Status::from(error).into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        let value = |s: &'static str| http::HeaderValue::from_static(s);
+        assert_eq!(
+            bearer_token(&value("Bearer abc.def.ghi")),
+            Some("abc.def.ghi")
+        );
+        assert_eq!(bearer_token(&value("bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&value("Basic dXNlcjpwYXNz")), None);
+        assert_eq!(bearer_token(&value("Bearer ")), None);
+        assert_eq!(bearer_token(&value("abc")), None);
+    }
+
+    fn identity(role: Role, subject: &str, scopes: &[&str]) -> Identity {
+        Identity {
+            subject: subject.into(),
+            role,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            token_id: "t".into(),
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn authorization_rules() {
+        let seller = identity(Role::Seller, "alice", &[]);
+        let admin = identity(Role::Admin, "root", &[]);
+        let service = identity(Role::Service, "alice", &[scopes::CATALOG_WRITE_VARIANTS]);
+        assert!(seller.require_owner_or_admin("alice").is_ok());
+        assert!(seller.require_owner_or_admin("bob").is_err());
+        assert!(admin.require_owner_or_admin("bob").is_ok());
+        // A service account whose client id happens to equal a user id owns nothing.
+        assert!(service.require_owner_or_admin("alice").is_err());
+        assert!(
+            service
+                .require_scope(scopes::CATALOG_WRITE_VARIANTS)
+                .is_ok()
+        );
+        assert!(
+            seller
+                .require_scope(scopes::CATALOG_WRITE_VARIANTS)
+                .is_err()
+        );
+        assert!(admin.require_admin().is_ok());
+        let denied = seller.require_admin().unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    }
+}

@@ -1,0 +1,57 @@
+//! `storemesh serve <service>`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use storemesh_runtime::telemetry::{self, TelemetryConfig};
+use storemesh_runtime::{ConfigLoader, ServerConfig, shutdown};
+
+/// The services this binary can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Auth,
+}
+
+impl Service {
+    pub const ALL: &[Service] = &[Service::Auth];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Auth => "auth",
+        }
+    }
+
+    /// The service's listener settings, as the service itself will read them.
+    pub fn server_config(self, loader: &ConfigLoader) -> anyhow::Result<ServerConfig> {
+        Ok(match self {
+            Service::Auth => loader.section::<storemesh_auth::AuthConfig>("auth")?.server,
+        })
+    }
+}
+
+pub async fn run(service: Service, config: Option<&Path>) -> anyhow::Result<()> {
+    let loader = ConfigLoader::load(config)?;
+    let telemetry_config: TelemetryConfig = loader.section("telemetry")?;
+    let _telemetry = telemetry::init(service.name(), &telemetry_config)?;
+    let host = match service {
+        Service::Auth => {
+            let settings = storemesh_auth::AuthSettings::load(&loader)?;
+            storemesh_auth::build(settings)
+                .await
+                .context("auth service failed to start")?
+        }
+    };
+    host.run(shutdown::signal()).await?;
+    Ok(())
+}
+
+pub fn rotate_key(config: Option<&Path>) -> anyhow::Result<()> {
+    let loader = ConfigLoader::load(config)?;
+    let auth: storemesh_auth::AuthConfig = loader.section("auth")?;
+    let kid = storemesh_auth::keys::rotate(&auth.keys_dir)?;
+    println!(
+        "new signing key {kid} in {}; restart the auth service to use it",
+        auth.keys_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! `storemesh up`: the whole system on one machine.
+//!
+//! Starts a local `redis-server` (AOF on, data under `--data-dir`) unless `REDIS_URL` is set,
+//! then every service as a child process (`storemesh serve <name>`), with their logs prefixed
+//! and interleaved on stdout. It waits until each answers gRPC health, prints the endpoints and
+//! the local admin credentials, and stops everything cleanly on Ctrl-C (or SIGTERM). A port in
+//! use or a child that dies at start fails the whole command at once, naming the culprit.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::RngCore;
+use storemesh_runtime::ConfigLoader;
+
+use crate::serve::Service;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where Redis data, signing keys and stored objects live.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Port of the local redis-server (ignored when REDIS_URL is set).
+    #[arg(long, default_value_t = 6379)]
+    redis_port: u16,
+    /// Seconds to wait for every service to become ready.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+}
+
+const ADMIN_EMAIL: &str = "admin@storemesh.local";
+
+struct Running {
+    name: String,
+    child: Child,
+}
+
+/// Children are stopped in reverse start order (services first, Redis last) whatever happens.
+struct Children(Vec<Running>);
+
+impl Children {
+    fn stop_all(&mut self) {
+        for running in self.0.iter().rev() {
+            if let Ok(pid) = i32::try_from(running.child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for running in self.0.iter_mut().rev() {
+            loop {
+                match running.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        eprintln!("{} did not stop in time; killing it", running.name);
+                        let _ = running.child.kill();
+                        let _ = running.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.0.clear();
+    }
+
+    /// The first child that has exited, with its status.
+    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.0.iter_mut().find_map(|running| {
+            running
+                .child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| (running.name.clone(), status))
+        })
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn ensure_free(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("{what} cannot listen on {addr}: the port is in use (stop what uses it or configure another port)"))
+}
+
+/// Copies a child's output to ours, one prefixed line at a time.
+fn relay(name: &str, stream: impl std::io::Read + Send + 'static) {
+    let prefix = format!("{name:>8} |");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => println!("{prefix} {line}"),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        relay(name, stdout);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        relay(name, stderr);
+    }
+    Ok(Running {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+/// The local admin password, created once and kept in the data dir (mode 0600).
+fn admin_password(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-password");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+    }
+    let mut bytes = [0_u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    std::fs::write(&path, &password).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(password)
+}
+
+fn redis_answers(url: &str) -> bool {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(300)))
+        .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+        .is_ok()
+}
+
+async fn serving(addr: SocketAddr) -> bool {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+}
+
+pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    let loader = ConfigLoader::load(config)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+
+    let mut servers = Vec::new();
+    for service in Service::ALL {
+        let server = service.server_config(&loader)?;
+        ensure_free(server.listen, &format!("{} gRPC", service.name()))?;
+        ensure_free(server.admin_listen, &format!("{} admin", service.name()))?;
+        servers.push((*service, server));
+    }
+
+    let mut children = Children(Vec::new());
+    let redis_url = match std::env::var("REDIS_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+    {
+        Some(url) => url,
+        None => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], args.redis_port));
+            ensure_free(addr, "redis-server")?;
+            let redis_dir = data_dir.join("redis");
+            std::fs::create_dir_all(&redis_dir)?;
+            let port = args.redis_port.to_string();
+            children.0.push(spawn(
+                "redis",
+                Command::new("redis-server")
+                    .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+                    .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+                    .arg("--dir")
+                    .arg(&redis_dir),
+            )?);
+            let url = format!("redis://127.0.0.1:{}", args.redis_port);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !redis_answers(&url) {
+                if let Some((name, status)) = children.exited() {
+                    bail!("{name} exited at start ({status}); is redis-server installed?");
+                }
+                if Instant::now() > deadline {
+                    bail!("redis-server did not answer within 10 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            url
+        }
+    };
+
+    let password = admin_password(&data_dir)?;
+    let executable = std::env::current_exe().context("cannot find the storemesh executable")?;
+    for (service, _) in &servers {
+        let mut command = Command::new(&executable);
+        command
+            .args(["serve", service.name()])
+            .env("STOREMESH_REDIS__URL", &redis_url)
+            .env("STOREMESH_AUTH__KEYS_DIR", data_dir.join("auth/keys"))
+            .env("STOREMESH_AUTH__ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("STOREMESH_AUTH__ADMIN_PASSWORD", &password);
+        if let Some(config) = config {
+            command.env("STOREMESH_CONFIG", config);
+        }
+        children.0.push(spawn(service.name(), &mut command)?);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
+    for (service, server) in &servers {
+        while !serving(server.listen).await {
+            if let Some((name, status)) = children.exited() {
+                bail!("{name} exited at start ({status}); see its log lines above");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not ready within {} s",
+                    service.name(),
+                    args.ready_timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!();
+    println!("Storemesh is up.");
+    println!(
+        "  {:<10} {:<24} {:<24}",
+        "service", "gRPC", "admin (/metrics)"
+    );
+    for (service, server) in &servers {
+        println!(
+            "  {:<10} {:<24} {:<24}",
+            service.name(),
+            server.listen.to_string(),
+            server.admin_listen.to_string()
+        );
+    }
+    println!("  {:<10} {redis_url}", "redis");
+    println!("  admin login: {ADMIN_EMAIL} / {password}");
+    println!("  data: {}", data_dir.display());
+    println!("Ctrl-C stops everything.");
+    println!();
+
+    let outcome = loop {
+        tokio::select! {
+            () = storemesh_runtime::shutdown::signal() => break Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some((name, status)) = children.exited() {
+                    break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping everything"));
+                }
+            }
+        }
+    };
+    println!("stopping...");
+    tokio::task::spawn_blocking(move || children.stop_all()).await?;
+    outcome
+}

@@ -1,0 +1,210 @@
+//! The `[auth]` configuration section.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use storemesh_runtime::ServerConfig;
+use storemesh_runtime::config::{ConfigError, Validate};
+use storemesh_tokens::scopes;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub server: ServerConfig,
+    /// Directory with `current.pem` (the Ed25519 signing key, PKCS#8 PEM) and `previous/`
+    /// (rotated-out keys, still published until their tokens have expired).
+    pub keys_dir: PathBuf,
+    /// Create `current.pem` on first start when it is missing (local use). Turn off in
+    /// production, where the key comes from a secret.
+    pub generate_missing_key: bool,
+    /// Lifetime of user access tokens, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// Lifetime of service-account access tokens, in seconds.
+    pub service_token_ttl_secs: u64,
+    pub argon2: Argon2Config,
+    /// The admin account created (or promoted) at start; nothing is created when empty.
+    pub admin_email: String,
+    pub admin_password: String,
+    pub admin_display_name: String,
+    /// Service accounts created or updated at start.
+    pub service_accounts: Vec<ServiceAccountConfig>,
+    pub rate_limit: RateLimitConfig,
+    /// Take the client address from `x-forwarded-for` (only behind a trusted gateway).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::on_ports(50051, 9051),
+            keys_dir: PathBuf::from("data/auth/keys"),
+            generate_missing_key: true,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            service_token_ttl_secs: 15 * 60,
+            argon2: Argon2Config::default(),
+            admin_email: String::new(),
+            admin_password: String::new(),
+            admin_display_name: "Administrator".into(),
+            service_accounts: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+/// Argon2id cost. The defaults are OWASP's minimum recommendation (19 MiB, 2 passes, 1 lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Config {
+    /// Memory per hash, in KiB.
+    pub memory_kib: u32,
+    /// Passes over memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+}
+
+/// Fixed-window limits, each counted per window in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Window length, in seconds.
+    pub window_secs: u64,
+    /// Login attempts per account (email) per window.
+    pub login_per_account: u64,
+    /// Login attempts per client address per window.
+    pub login_per_address: u64,
+    /// Registrations per client address per window.
+    pub register_per_address: u64,
+    /// Registration attempts per email per window.
+    pub register_per_account: u64,
+    /// Refresh calls per client address per window.
+    pub refresh_per_address: u64,
+    /// Service token requests per client id per window.
+    pub service_token_per_client: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 60,
+            login_per_account: 10,
+            login_per_address: 60,
+            register_per_address: 30,
+            register_per_account: 5,
+            refresh_per_address: 120,
+            service_token_per_client: 60,
+        }
+    }
+}
+
+impl Validate for AuthConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            key: format!("{section}.{field}"),
+            message,
+        };
+        self.server.validate(&format!("{section}.server"))?;
+        if self.access_token_ttl_secs < 30 || self.access_token_ttl_secs > 24 * 3600 {
+            return Err(invalid(
+                "access_token_ttl_secs",
+                "must be between 30 and 86400".into(),
+            ));
+        }
+        if self.service_token_ttl_secs < 30 || self.service_token_ttl_secs > 24 * 3600 {
+            return Err(invalid(
+                "service_token_ttl_secs",
+                "must be between 30 and 86400".into(),
+            ));
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
+            return Err(invalid(
+                "refresh_token_ttl_secs",
+                "must be at least access_token_ttl_secs".into(),
+            ));
+        }
+        if self.argon2.memory_kib < 8 * self.argon2.parallelism.max(1)
+            || self.argon2.iterations == 0
+            || self.argon2.parallelism == 0
+        {
+            return Err(invalid(
+                "argon2",
+                "memory_kib ≥ 8 × parallelism, iterations ≥ 1 and parallelism ≥ 1".into(),
+            ));
+        }
+        if self.admin_email.is_empty() != self.admin_password.is_empty() {
+            return Err(invalid(
+                "admin_password",
+                "admin_email and admin_password are set together".into(),
+            ));
+        }
+        if !self.admin_password.is_empty()
+            && let Err(problem) = crate::validate::password_problem(&self.admin_password)
+        {
+            return Err(invalid("admin_password", problem.into()));
+        }
+        for (index, account) in self.service_accounts.iter().enumerate() {
+            let key = format!("service_accounts[{index}]");
+            if crate::validate::client_id_problem(&account.client_id).is_some() {
+                return Err(invalid(
+                    &format!("{key}.client_id"),
+                    "1 to 64 characters of [A-Za-z0-9_.-]".into(),
+                ));
+            }
+            if account.client_secret.len() < 16 || account.client_secret.len() > 256 {
+                return Err(invalid(
+                    &format!("{key}.client_secret"),
+                    "must be 16 to 256 characters".into(),
+                ));
+            }
+            if let Some(unknown) = account.scopes.iter().find(|s| !scopes::is_known(s)) {
+                return Err(invalid(
+                    &format!("{key}.scopes"),
+                    format!(
+                        "unknown scope `{unknown}`; known: {}",
+                        scopes::ALL.join(", ")
+                    ),
+                ));
+            }
+        }
+        let limits = self.rate_limit;
+        if limits.window_secs == 0
+            || [
+                limits.login_per_account,
+                limits.login_per_address,
+                limits.register_per_address,
+                limits.register_per_account,
+                limits.refresh_per_address,
+                limits.service_token_per_client,
+            ]
+            .contains(&0)
+        {
+            return Err(invalid(
+                "rate_limit",
+                "every limit must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
