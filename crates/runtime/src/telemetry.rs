@@ -25,12 +25,23 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    /// Colors when stdout is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
 /// The `telemetry` configuration section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `human` (default) or `json` (one object per line, for log shippers).
     pub format: LogFormat,
+    /// ANSI colors in human output: `auto` (default), `always` or `never`.
+    pub color: ColorMode,
     /// `tracing` env-filter directives; `RUST_LOG` overrides it.
     pub filter: String,
     /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`. Defaults to
@@ -42,6 +53,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Human,
+            color: ColorMode::Auto,
             filter: "info".into(),
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .ok()
@@ -108,9 +120,21 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     // `try_init` fails only when a subscriber exists already (several hosts in one test process).
     let _ = match config.format {
-        LogFormat::Human => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init(),
+        LogFormat::Human => {
+            use std::io::IsTerminal;
+            let ansi = match config.color {
+                ColorMode::Auto => std::io::stdout().is_terminal(),
+                ColorMode::Always => true,
+                ColorMode::Never => false,
+            };
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_ansi(ansi),
+                )
+                .try_init()
+        }
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

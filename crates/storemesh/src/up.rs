@@ -108,7 +108,18 @@ fn relay(name: &str, stream: impl std::io::Read + Send + 'static) {
 }
 
 fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
+    use std::io::IsTerminal;
+    use std::os::unix::process::CommandExt;
+    // Own process group: a terminal's Ctrl-C reaches only `up`, which then stops the
+    // children in order (services drain before Redis goes away).
+    command.process_group(0);
+    let color = if std::io::stdout().is_terminal() {
+        "always"
+    } else {
+        "never"
+    };
     let mut child = command
+        .env("STOREMESH_TELEMETRY__COLOR", color)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

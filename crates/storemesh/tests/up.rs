@@ -1,0 +1,168 @@
+//! `storemesh up` as a user runs it: real child processes, a real redis-server, real gRPC.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use storemesh_proto::auth::v1::LoginRequest;
+use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use storemesh_testkit::free_port;
+
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    output: Vec<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Up {
+    fn start(data_dir: &std::path::Path, envs: &[(&str, String)], redis_port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_storemesh"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--redis-port", &redis_port.to_string()])
+            .env_remove("REDIS_URL")
+            .envs(envs.iter().map(|(k, v)| (*k, v.clone())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            output: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; panics with everything printed so far otherwise.
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                self.output.push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!("no {needle:?} within {within:?}:\n{}", self.output.join("\n"));
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.try_recv() {
+                    self.output.push(line);
+                }
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit:\n{}", self.output.join("\n"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test]
+async fn up_runs_the_system_and_stops_it_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let (redis_port, grpc_port, admin_port) =
+        (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    let envs = [
+        (
+            "STOREMESH_AUTH__SERVER__LISTEN",
+            format!("127.0.0.1:{grpc_port}"),
+        ),
+        (
+            "STOREMESH_AUTH__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin_port}"),
+        ),
+    ];
+    let mut up = Up::start(data.path(), &envs, redis_port);
+    up.wait_for("Storemesh is up.", Duration::from_secs(90));
+    assert!(up.output.iter().any(|line| line.contains("auth |")), "prefixed child logs");
+
+    let password = std::fs::read_to_string(data.path().join("admin-password")).unwrap();
+    let mut auth = AuthServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+        .await
+        .unwrap();
+    let login = auth
+        .login(LoginRequest {
+            email: "admin@storemesh.local".into(),
+            password: password.trim().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(login.tokens.is_some());
+    assert!(data.path().join("auth/keys/current.pem").is_file());
+    assert!(data.path().join("redis").is_dir());
+
+    let status = Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = up.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", up.output.join("\n"));
+    assert!(!listening(grpc_port), "auth stopped");
+    assert!(!listening(redis_port), "redis stopped");
+}
+
+#[test]
+fn up_fails_fast_when_a_port_is_taken() {
+    let data = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let redis_port = free_port().unwrap();
+    let envs = [
+        (
+            "STOREMESH_AUTH__SERVER__LISTEN",
+            format!("127.0.0.1:{taken_port}"),
+        ),
+        (
+            "STOREMESH_AUTH__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+    ];
+    let started = Instant::now();
+    let mut up = Up::start(data.path(), &envs, redis_port);
+    let status = up.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "fails fast");
+    let output = up.output.join("\n");
+    assert!(output.contains(&taken_port.to_string()), "{output}");
+    assert!(output.contains("in use"), "{output}");
+    assert!(!listening(redis_port), "nothing left running");
+}
