@@ -26,7 +26,10 @@ use storemesh_tokens::{Claims, Role, SigningKey, Verifier, VerifierSettings};
 fn token_verification(c: &mut Criterion) {
     let seed = [7_u8; 32];
     let key = SigningKey::from_seed(&seed).unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let token = key
         .sign(&Claims {
             iss: "storemesh".into(),
@@ -62,7 +65,9 @@ fn token_verification(c: &mut Criterion) {
     group.bench_function("ed25519_verify_only", |b| {
         b.iter(|| public.verify(signing_input.as_bytes(), &signature).unwrap());
     });
-    group.bench_function("verify_jwt", |b| b.iter(|| verifier.verify(&token).unwrap()));
+    group.bench_function("verify_jwt", |b| {
+        b.iter(|| verifier.verify(&token).unwrap())
+    });
     group.finish();
 }
 
@@ -110,7 +115,9 @@ fn login_latency(c: &mut Criterion) {
         .unwrap();
 
     let mut group = c.benchmark_group("login");
-    group.sample_size(20).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10));
     group.bench_function("argon2id_verify", |b| {
         b.to_async(&runtime).iter(|| async {
             assert!(

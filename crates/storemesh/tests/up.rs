@@ -72,7 +72,10 @@ impl Up {
                 }
             }
         }
-        panic!("no {needle:?} within {within:?}:\n{}", self.output.join("\n"));
+        panic!(
+            "no {needle:?} within {within:?}:\n{}",
+            self.output.join("\n")
+        );
     }
 
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
@@ -84,7 +87,11 @@ impl Up {
                 }
                 return status;
             }
-            assert!(Instant::now() < deadline, "did not exit:\n{}", self.output.join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "did not exit:\n{}",
+                self.output.join("\n")
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -97,8 +104,11 @@ fn listening(port: u16) -> bool {
 #[tokio::test]
 async fn up_runs_the_system_and_stops_it_cleanly() {
     let data = tempfile::tempdir().unwrap();
-    let (redis_port, grpc_port, admin_port) =
-        (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    let (redis_port, grpc_port, admin_port) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    );
     let envs = [
         (
             "STOREMESH_AUTH__SERVER__LISTEN",
@@ -111,7 +121,10 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
     ];
     let mut up = Up::start(data.path(), &envs, redis_port);
     up.wait_for("Storemesh is up.", Duration::from_secs(90));
-    assert!(up.output.iter().any(|line| line.contains("auth |")), "prefixed child logs");
+    assert!(
+        up.output.iter().any(|line| line.contains("auth |")),
+        "prefixed child logs"
+    );
 
     let password = std::fs::read_to_string(data.path().join("admin-password")).unwrap();
     let mut auth = AuthServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
