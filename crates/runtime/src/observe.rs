@@ -51,16 +51,8 @@ fn rpc_names(path: &str) -> (String, String) {
     }
 }
 
-fn status_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
-}
-
-/// Records the outcome of one call exactly once (on status, or on drop).
-struct CallRecord {
+/// Records the outcome of one served call exactly once (on status, or on drop).
+pub struct CallRecord {
     service: String,
     method: String,
     start: Instant,
@@ -68,7 +60,7 @@ struct CallRecord {
     done: bool,
 }
 
-impl CallRecord {
+impl StatusSink for CallRecord {
     fn finish(&mut self, code: tonic::Code) {
         if self.done {
             return;
@@ -135,7 +127,7 @@ where
     S::Future: Send + 'static,
     ResBody: Body,
 {
-    type Response = http::Response<ObservedBody<ResBody>>;
+    type Response = http::Response<StatusBody<ResBody, CallRecord>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
@@ -178,10 +170,7 @@ where
                     if let Some(code) = status_code(response.headers()) {
                         record.finish(code);
                     }
-                    Ok(response.map(|body| ObservedBody {
-                        inner: body,
-                        record: Some(record),
-                    }))
+                    Ok(response.map(|body| StatusBody::new(body, record)))
                 }
                 Err(error) => {
                     record.finish(tonic::Code::Unknown);
@@ -192,16 +181,42 @@ where
     }
 }
 
+/// Told the final gRPC status of a call. `finish` may be called more than once (e.g. for a
+/// trailers-only answer and again at the end of its empty body); only the first counts.
+pub trait StatusSink {
+    fn finish(&mut self, code: tonic::Code);
+}
+
 pin_project! {
-    /// A response body that reports the call's status when its trailers (or its end) arrive.
-    pub struct ObservedBody<B> {
+    /// A gRPC response body that reports the call's status to `S` when its trailers (or its
+    /// end, or an error) arrive. Dropping it early drops `S`, whose `Drop` can count the call
+    /// as cancelled.
+    pub struct StatusBody<B, S> {
         #[pin]
         inner: B,
-        record: Option<CallRecord>,
+        sink: Option<S>,
     }
 }
 
-impl<B: Body> Body for ObservedBody<B> {
+impl<B, S> StatusBody<B, S> {
+    pub fn new(inner: B, sink: S) -> Self {
+        Self {
+            inner,
+            sink: Some(sink),
+        }
+    }
+}
+
+/// The `grpc-status` of a header or trailer map.
+pub fn status_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+impl<B: Body, S: StatusSink> Body for StatusBody<B, S> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -211,25 +226,16 @@ impl<B: Body> Body for ObservedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(record) = this.record.as_mut()
-                {
-                    record.finish(status_code(trailers).unwrap_or(tonic::Code::Unknown));
+        if let Some(sink) = this.sink.as_mut() {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        sink.finish(status_code(trailers).unwrap_or(tonic::Code::Unknown));
+                    }
                 }
-            }
-            Some(Err(_)) => {
-                if let Some(record) = this.record.as_mut() {
-                    record.finish(tonic::Code::Internal);
-                }
-            }
-            None => {
-                // A body that ends without trailers and without a header status is malformed
-                // gRPC; `finish` is a no-op when the status was already recorded.
-                if let Some(record) = this.record.as_mut() {
-                    record.finish(tonic::Code::Unknown);
-                }
+                Some(Err(_)) => sink.finish(tonic::Code::Internal),
+                // Ending without trailers or a header status is malformed gRPC.
+                None => sink.finish(tonic::Code::Unknown),
             }
         }
         Poll::Ready(frame)

@@ -46,6 +46,15 @@ impl RunningHost {
         Ok(Channel::from_shared(self.endpoint())?.connect().await?)
     }
 
+    /// Kills the host abruptly, like a crashed process: open connections are reset and
+    /// in-flight calls fail; nothing drains.
+    pub fn abort(mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
     /// Stops the host and waits (up to 15 s) for its drain to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -1,0 +1,149 @@
+//! How one upstream (a set of replicas of one service) is found and called.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use storemesh_runtime::config::{ConfigError, Validate};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Static endpoints, `host:port`. Exactly one of `addresses`, `addresses_file`, `dns`.
+    pub addresses: Vec<String>,
+    /// A file with one `host:port` per line (`#` comments), re-read every
+    /// `refresh_interval_ms`: endpoints can be added and removed at runtime.
+    pub addresses_file: Option<PathBuf>,
+    /// `name:port` re-resolved every `refresh_interval_ms`; every address is an endpoint
+    /// (a Kubernetes headless Service).
+    pub dns: Option<String>,
+    pub refresh_interval_ms: u64,
+    /// Time to open a connection to an endpoint, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Deadline applied when the caller sends no `grpc-timeout`, in milliseconds.
+    pub default_deadline_ms: u64,
+    /// Extra attempts for idempotent calls.
+    pub max_retries: u32,
+    /// Backoff before a retry: full jitter over `retry_backoff_ms × 2^attempt`.
+    pub retry_backoff_ms: u64,
+    /// Retries allowed as a share of requests (percent), so retries cannot amplify an outage.
+    pub retry_budget_percent: f32,
+    /// Retries always allowed per second regardless of traffic.
+    pub retry_budget_min_per_sec: u32,
+    /// Largest idempotent request body kept for replay; larger bodies are streamed once.
+    pub max_retry_buffer_bytes: usize,
+    /// Consecutive failures (transport errors or `UNAVAILABLE`) that eject an endpoint.
+    pub eject_after_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            addresses_file: None,
+            dns: None,
+            refresh_interval_ms: 5_000,
+            connect_timeout_ms: 1_000,
+            default_deadline_ms: 30_000,
+            max_retries: 2,
+            retry_backoff_ms: 20,
+            retry_budget_percent: 20.0,
+            retry_budget_min_per_sec: 10,
+            max_retry_buffer_bytes: 1024 * 1024,
+            eject_after_failures: 3,
+            base_ejection_ms: 1_000,
+            max_ejection_ms: 30_000,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Static endpoints with the other settings at their defaults.
+    pub fn addresses<I: IntoIterator<Item = S>, S: Into<String>>(addresses: I) -> Self {
+        Self {
+            addresses: addresses.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Validate for UpstreamConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            key: format!("{section}.{field}"),
+            message: message.to_owned(),
+        };
+        let sources = usize::from(!self.addresses.is_empty())
+            + usize::from(self.addresses_file.is_some())
+            + usize::from(self.dns.is_some());
+        if sources != 1 {
+            return Err(invalid(
+                "addresses",
+                "set exactly one of addresses, addresses_file, dns",
+            ));
+        }
+        if let Some(bad) = self.addresses.iter().find(|a| split_authority(a).is_none()) {
+            return Err(invalid("addresses", &format!("`{bad}` is not host:port")));
+        }
+        if let Some(dns) = &self.dns
+            && split_authority(dns).is_none()
+        {
+            return Err(invalid("dns", "must be name:port"));
+        }
+        if self.refresh_interval_ms < 100 {
+            return Err(invalid("refresh_interval_ms", "must be at least 100"));
+        }
+        if self.default_deadline_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err(invalid("default_deadline_ms", "timeouts must be positive"));
+        }
+        if !(0.0..=1000.0).contains(&self.retry_budget_percent) {
+            return Err(invalid("retry_budget_percent", "must be 0 to 1000"));
+        }
+        if self.eject_after_failures == 0 {
+            return Err(invalid("eject_after_failures", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` → (host, port); IPv6 hosts in brackets.
+pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then_some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_source() {
+        assert!(
+            UpstreamConfig::addresses(["127.0.0.1:1"])
+                .validate("u")
+                .is_ok()
+        );
+        assert!(UpstreamConfig::default().validate("u").is_err());
+        let both = UpstreamConfig {
+            dns: Some("catalog:50052".into()),
+            ..UpstreamConfig::addresses(["127.0.0.1:1"])
+        };
+        assert!(both.validate("u").is_err());
+        assert!(
+            UpstreamConfig::addresses(["no-port"])
+                .validate("u")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(split_authority("a:1"), Some(("a", 1)));
+        assert_eq!(split_authority("[::1]:50052"), Some(("::1", 50052)));
+        assert_eq!(split_authority("a"), None);
+        assert_eq!(split_authority(":1"), None);
+    }
+}
