@@ -148,18 +148,18 @@ pub struct ServiceHost {
     admin: TcpListener,
 }
 
-/// What readiness currently says, shared with `/readyz`.
+/// What readiness currently says, shared with `/readyz`: `None` when ready, otherwise why not.
 #[derive(Clone, Default)]
-struct ReadyState(Arc<Mutex<Option<String>>>);
+pub struct ReadyState(Arc<Mutex<Option<String>>>);
 
 impl ReadyState {
-    fn set(&self, not_ready_reason: Option<String>) {
+    pub fn set(&self, not_ready_reason: Option<String>) {
         if let Ok(mut guard) = self.0.lock() {
             *guard = not_ready_reason;
         }
     }
 
-    fn get(&self) -> Option<String> {
+    pub fn get(&self) -> Option<String> {
         self.0
             .lock()
             .map(|guard| guard.clone())
@@ -372,7 +372,9 @@ async fn watch_readiness(
     }
 }
 
-async fn serve_admin(
+/// The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (200 when
+/// `ready` says so, 503 with the reason otherwise). Runs until `stop` is triggered.
+pub async fn serve_admin(
     listener: TcpListener,
     prometheus: PrometheusHandle,
     ready: ReadyState,

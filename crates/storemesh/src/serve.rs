@@ -10,14 +10,17 @@ use storemesh_runtime::{ConfigLoader, ServerConfig, shutdown};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
     Auth,
+    Gateway,
 }
 
 impl Service {
-    pub const ALL: &[Service] = &[Service::Auth];
+    /// In start order: the gateway last, once what it routes to is up.
+    pub const ALL: &[Service] = &[Service::Auth, Service::Gateway];
 
     pub fn name(self) -> &'static str {
         match self {
             Service::Auth => "auth",
+            Service::Gateway => "gateway",
         }
     }
 
@@ -25,6 +28,11 @@ impl Service {
     pub fn server_config(self, loader: &ConfigLoader) -> anyhow::Result<ServerConfig> {
         Ok(match self {
             Service::Auth => loader.section::<storemesh_auth::AuthConfig>("auth")?.server,
+            Service::Gateway => {
+                loader
+                    .section::<storemesh_gateway::GatewayConfig>("gateway")?
+                    .server
+            }
         })
     }
 }
@@ -39,6 +47,14 @@ pub async fn run(service: Service, config: Option<&Path>) -> anyhow::Result<()> 
             storemesh_auth::build(settings)
                 .await
                 .context("auth service failed to start")?
+        }
+        Service::Gateway => {
+            let settings = storemesh_gateway::GatewaySettings::load(&loader)?;
+            let gateway = storemesh_gateway::build(settings, &[])
+                .await
+                .context("gateway failed to start")?;
+            gateway.run(shutdown::signal()).await;
+            return Ok(());
         }
     };
     host.run(shutdown::signal()).await?;

@@ -237,6 +237,34 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     };
 
     let password = admin_password(&data_dir)?;
+    // Where each service really listens, so the others find it even on non-default ports.
+    let address_of = |wanted: Service| {
+        servers
+            .iter()
+            .find(|(service, _)| *service == wanted)
+            .map(|(_, server)| server.listen)
+    };
+    let mut cross_env: Vec<(String, String)> = Vec::new();
+    if let Some(auth) = address_of(Service::Auth) {
+        cross_env.push((
+            "STOREMESH_TOKENS__AUTH_ENDPOINT".into(),
+            format!("http://{auth}"),
+        ));
+    }
+    let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
+    for (service, upstream) in [(Service::Auth, "auth")] {
+        if let Some(addr) = address_of(service)
+            && !gateway_config.upstreams.contains_key(upstream)
+        {
+            cross_env.push((
+                format!(
+                    "STOREMESH_GATEWAY__UPSTREAMS__{}__ADDRESSES",
+                    upstream.to_uppercase()
+                ),
+                format!("[\"{addr}\"]"),
+            ));
+        }
+    }
     let executable = std::env::current_exe().context("cannot find the storemesh executable")?;
     for (service, _) in &servers {
         let mut command = Command::new(&executable);
@@ -245,7 +273,8 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             .env("STOREMESH_REDIS__URL", &redis_url)
             .env("STOREMESH_AUTH__KEYS_DIR", data_dir.join("auth/keys"))
             .env("STOREMESH_AUTH__ADMIN_EMAIL", ADMIN_EMAIL)
-            .env("STOREMESH_AUTH__ADMIN_PASSWORD", &password);
+            .env("STOREMESH_AUTH__ADMIN_PASSWORD", &password)
+            .envs(cross_env.iter().map(|(key, value)| (key, value)));
         if let Some(config) = config {
             command.env("STOREMESH_CONFIG", config);
         }

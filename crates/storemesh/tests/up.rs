@@ -109,7 +109,16 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
         free_port().unwrap(),
         free_port().unwrap(),
     );
+    let (gateway_port, gateway_admin_port) = (free_port().unwrap(), free_port().unwrap());
     let envs = [
+        (
+            "STOREMESH_GATEWAY__SERVER__LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        ),
+        (
+            "STOREMESH_GATEWAY__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{gateway_admin_port}"),
+        ),
         (
             "STOREMESH_AUTH__SERVER__LISTEN",
             format!("127.0.0.1:{grpc_port}"),
@@ -139,6 +148,17 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
         .unwrap()
         .into_inner();
     assert!(login.tokens.is_some());
+    // The same through the gateway, which found auth on its non-default port.
+    let mut via_gateway = AuthServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
+        .await
+        .unwrap();
+    via_gateway
+        .login(LoginRequest {
+            email: "admin@storemesh.local".into(),
+            password: password.trim().into(),
+        })
+        .await
+        .unwrap();
     assert!(data.path().join("auth/keys/current.pem").is_file());
     assert!(data.path().join("redis").is_dir());
 
@@ -150,6 +170,7 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
     let status = up.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", up.output.join("\n"));
     assert!(!listening(grpc_port), "auth stopped");
+    assert!(!listening(gateway_port), "gateway stopped");
     assert!(!listening(redis_port), "redis stopped");
 }
 
@@ -166,6 +187,18 @@ fn up_fails_fast_when_a_port_is_taken() {
         ),
         (
             "STOREMESH_AUTH__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+    ];
+    let envs = [
+        envs[0].clone(),
+        envs[1].clone(),
+        (
+            "STOREMESH_GATEWAY__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_GATEWAY__SERVER__ADMIN_LISTEN",
             format!("127.0.0.1:{}", free_port().unwrap()),
         ),
     ];

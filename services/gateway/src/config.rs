@@ -1,0 +1,140 @@
+//! The `[gateway]` configuration section.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use storemesh_mesh::UpstreamConfig;
+use storemesh_runtime::ServerConfig;
+use storemesh_runtime::config::{ConfigError, Validate};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listener, admin port, concurrency limit and drain time (`max_message_bytes` is unused:
+    /// the gateway never decodes messages; see the byte caps below).
+    pub server: ServerConfig,
+    /// Upstreams by name. `auth`, `catalog` and `storage` default to their local ports when
+    /// not configured.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Fully qualified gRPC service name → upstream name. Defaults route the three mesh
+    /// services; add entries to expose more.
+    pub routes: BTreeMap<String, String>,
+    /// Largest request body (all messages of one call), in bytes.
+    pub max_request_bytes: usize,
+    /// Methods allowed up to `max_streaming_request_bytes` instead (uploads).
+    pub streaming_methods: Vec<String>,
+    pub max_streaming_request_bytes: u64,
+    /// Methods callable without an access token; every other method needs a valid one.
+    pub public_methods: Vec<String>,
+    pub rate_limit: GatewayRateLimit,
+}
+
+/// Token buckets, per caller identity (JWT `sub`) and per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayRateLimit {
+    pub per_identity_per_sec: u32,
+    pub per_identity_burst: u32,
+    pub per_address_per_sec: u32,
+    pub per_address_burst: u32,
+}
+
+impl Default for GatewayRateLimit {
+    fn default() -> Self {
+        Self {
+            per_identity_per_sec: 500,
+            per_identity_burst: 1_000,
+            per_address_per_sec: 2_000,
+            per_address_burst: 4_000,
+        }
+    }
+}
+
+pub const AUTH_SERVICE: &str = "storemesh.auth.v1.AuthService";
+pub const CATALOG_SERVICE: &str = "storemesh.catalog.v1.CatalogService";
+pub const STORAGE_SERVICE: &str = "storemesh.storage.v1.StorageService";
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let routes = [
+            (AUTH_SERVICE, "auth"),
+            (CATALOG_SERVICE, "catalog"),
+            (STORAGE_SERVICE, "storage"),
+        ]
+        .into_iter()
+        .map(|(service, upstream)| (service.to_owned(), upstream.to_owned()))
+        .collect();
+        Self {
+            server: ServerConfig::on_ports(50050, 9050),
+            upstreams: BTreeMap::new(),
+            routes,
+            max_request_bytes: 8 * 1024 * 1024,
+            streaming_methods: vec![format!("/{STORAGE_SERVICE}/Upload")],
+            max_streaming_request_bytes: 2 * 1024 * 1024 * 1024,
+            public_methods: [
+                "Register",
+                "Login",
+                "Refresh",
+                "Logout",
+                "GetPublicKeys",
+                "IssueServiceToken",
+            ]
+            .iter()
+            .map(|method| format!("/{AUTH_SERVICE}/{method}"))
+            .collect(),
+            rate_limit: GatewayRateLimit::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Configured upstreams plus local defaults for the mesh services not configured.
+    pub fn effective_upstreams(&self) -> BTreeMap<String, UpstreamConfig> {
+        let mut upstreams = self.upstreams.clone();
+        for (name, port) in [("auth", 50051), ("catalog", 50052), ("storage", 50053)] {
+            upstreams
+                .entry(name.to_owned())
+                .or_insert_with(|| UpstreamConfig::addresses([format!("127.0.0.1:{port}")]));
+        }
+        upstreams
+    }
+}
+
+impl Validate for GatewayConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        self.server.validate(&format!("{section}.server"))?;
+        for (name, upstream) in &self.upstreams {
+            upstream.validate(&format!("{section}.upstreams.{name}"))?;
+        }
+        let upstreams = self.effective_upstreams();
+        for (service, upstream) in &self.routes {
+            if !upstreams.contains_key(upstream) {
+                return Err(ConfigError::Invalid {
+                    key: format!("{section}.routes.{service}"),
+                    message: format!("no upstream named `{upstream}`"),
+                });
+            }
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.max_request_bytes"),
+                message: "must be at least 1024".into(),
+            });
+        }
+        let limits = self.rate_limit;
+        if [
+            limits.per_identity_per_sec,
+            limits.per_identity_burst,
+            limits.per_address_per_sec,
+            limits.per_address_burst,
+        ]
+        .contains(&0)
+        {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.rate_limit"),
+                message: "rates and bursts must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}

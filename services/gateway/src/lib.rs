@@ -1,0 +1,231 @@
+//! The Storemesh gateway (`storemesh serve gateway`): the one gRPC authority of the mesh for
+//! edge functions and outside clients.
+//!
+//! - Proxies gRPC over h2c (and HTTP/1.1 gRPC-Web, translated by `tonic-web`) to the upstream
+//!   that owns the service in the request path, streaming both ways (no message is buffered
+//!   whole except idempotent calls kept for replay), preserving metadata, trailers and status.
+//! - Answers `grpc.health.v1` and server reflection (v1 and v1alpha) for every routed mesh
+//!   service itself, so `grpcurl -plaintext localhost:50050 list` shows the whole mesh.
+//! - Refuses early what the services would refuse anyway: unknown services
+//!   (`UNIMPLEMENTED`), missing or invalid tokens on non-public methods (`UNAUTHENTICATED`;
+//!   services still authorize on their own), callers over their token bucket per identity or
+//!   per address (`RESOURCE_EXHAUSTED` + `retry-after`), bodies over the byte cap.
+//! - Upstream calls go through `storemesh_mesh` (discovery, power-of-two-choices, ejection,
+//!   deadlines, budgeted retries).
+
+pub mod config;
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use storemesh_mesh::Upstream;
+use storemesh_runtime::auth::{Authenticator, TokensConfig};
+use storemesh_runtime::observe::RpcObserveLayer;
+use storemesh_runtime::server::{ReadyState, serve_admin};
+use storemesh_runtime::shed::LoadShedLayer;
+use storemesh_runtime::shutdown::Shutdown;
+use storemesh_runtime::{ConfigError, ConfigLoader};
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+pub use config::GatewayConfig;
+use proxy::{Gateway, GatewayService, PeerAddr};
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub gateway: GatewayConfig,
+    pub tokens: TokensConfig,
+}
+
+impl GatewaySettings {
+    pub fn load(loader: &ConfigLoader) -> Result<Self, ConfigError> {
+        Ok(Self {
+            gateway: loader.section("gateway")?,
+            tokens: loader.section("tokens")?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("invalid token settings: {0}")]
+    Tokens(String),
+}
+
+/// A bound gateway, ready to [`BoundGateway::run`].
+pub struct BoundGateway {
+    listener: TcpListener,
+    admin: TcpListener,
+    service: GatewayService,
+    health: tonic_health::server::HealthReporter,
+    config: GatewayConfig,
+}
+
+/// Binds the listeners and starts discovery for every upstream. `extra_descriptor_sets`
+/// adds services to reflection beyond the Storemesh contracts (for extra routes).
+pub async fn build(
+    settings: GatewaySettings,
+    extra_descriptor_sets: &[&'static [u8]],
+) -> Result<BoundGateway, StartError> {
+    let config = settings.gateway;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let listener = bind(config.server.listen).await?;
+    let admin = bind(config.server.admin_listen).await?;
+
+    let mut upstreams = HashMap::new();
+    for (name, upstream) in config.effective_upstreams() {
+        upstreams.insert(name.clone(), Upstream::start(name, upstream).await);
+    }
+    // No denylist here: the gateway has no Redis; the services check revocation themselves.
+    let authenticator = Authenticator::from_config(&settings.tokens, None)
+        .map_err(|error| StartError::Tokens(error.to_string()))?;
+    let gateway = Arc::new(Gateway::new(&config, &upstreams, Arc::new(authenticator)));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(storemesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .include_reflection_service(false);
+        for set in extra_descriptor_sets {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+        for name in config.routes.keys() {
+            builder = builder.with_service_name(name.clone());
+        }
+        for name in [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let mut local = tonic::service::RoutesBuilder::default();
+    local
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    Ok(BoundGateway {
+        listener,
+        admin,
+        service: GatewayService::new(gateway, local.routes()),
+        health,
+        config,
+    })
+}
+
+impl BoundGateway {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown`, then drains open calls for up to `shutdown_grace_ms`.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let stop = Shutdown::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.trigger();
+            }
+        });
+        let ready = ReadyState::default();
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let admin_stop = Shutdown::new();
+        let admin = tokio::spawn(serve_admin(
+            self.admin,
+            storemesh_runtime::server::prometheus().clone(),
+            ready.clone(),
+            admin_stop.clone(),
+        ));
+        tracing::info!(
+            listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            routes = ?self.config.routes.keys().collect::<Vec<_>>(),
+            "gateway serving"
+        );
+
+        let layers = tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(RpcObserveLayer)
+            .layer(LoadShedLayer::new(self.config.server.concurrency_limit))
+            .service(self.service);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = tower::ServiceBuilder::new()
+                        .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                            request.extensions_mut().insert(PeerAddr(peer));
+                            request
+                        })
+                        .service(layers.clone());
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    });
+                }
+                () = stop.wait() => break,
+            }
+        }
+        ready.set(Some("shutting down".into()));
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!("drain timed out; closing remaining calls"),
+        }
+        admin_stop.trigger();
+        let _ = admin.await;
+        tracing::info!("gateway stopped");
+    }
+}

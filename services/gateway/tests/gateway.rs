@@ -1,0 +1,385 @@
+//! The gateway in front of a real auth service (real Redis) and the echo fixture, over real
+//! sockets with real clients (tonic, grpcurl, hand-built gRPC-Web).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use storemesh_auth::config::Argon2Config;
+use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_gateway::config::GatewayRateLimit;
+use storemesh_gateway::{GatewayConfig, GatewaySettings};
+use storemesh_mesh::UpstreamConfig;
+use storemesh_proto::auth::v1 as pb;
+use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use storemesh_runtime::ServerConfig;
+use storemesh_runtime::auth::TokensConfig;
+use storemesh_runtime::redis::RedisConfig;
+use storemesh_testkit::echo::{self, EchoServiceClient, pb::EchoRequest};
+use storemesh_testkit::{RedisServer, RunningHost};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const ECHO: &str = "storemesh.testing.v1.EchoService";
+
+struct Mesh {
+    _redis: RedisServer,
+    _keys: tempfile::TempDir,
+    _auth: RunningHost,
+    _echo: RunningHost,
+    gateway: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn test_server() -> ServerConfig {
+    ServerConfig {
+        readiness_interval_ms: 100,
+        shutdown_grace_ms: 1_000,
+        ..ServerConfig::default()
+    }
+}
+
+async fn mesh(adjust: impl FnOnce(&mut GatewayConfig)) -> Mesh {
+    let redis = RedisServer::start().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let auth = RunningHost::spawn(
+        storemesh_auth::build(AuthSettings {
+            auth: AuthConfig {
+                server: test_server(),
+                keys_dir: keys.path().to_path_buf(),
+                argon2: Argon2Config {
+                    memory_kib: 256,
+                    iterations: 1,
+                    parallelism: 1,
+                },
+                trust_forwarded_for: true,
+                ..AuthConfig::default()
+            },
+            redis: RedisConfig {
+                url: redis.url(),
+                ..RedisConfig::default()
+            },
+            tokens: TokensConfig::default(),
+        })
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let echo = RunningHost::spawn(echo::host(test_server()).bind().await.unwrap()).unwrap();
+
+    let mut config = GatewayConfig {
+        server: test_server(),
+        ..GatewayConfig::default()
+    };
+    config.upstreams.insert(
+        "auth".into(),
+        UpstreamConfig::addresses([auth.addr.to_string()]),
+    );
+    config.upstreams.insert(
+        "echo".into(),
+        UpstreamConfig::addresses([echo.addr.to_string()]),
+    );
+    config.routes.insert(ECHO.into(), "echo".into());
+    adjust(&mut config);
+    let tokens = TokensConfig {
+        auth_endpoint: auth.endpoint(),
+        ..TokensConfig::default()
+    };
+    let bound = storemesh_gateway::build(
+        GatewaySettings {
+            gateway: config,
+            tokens,
+        },
+        &[echo::pb::FILE_DESCRIPTOR_SET],
+    )
+    .await
+    .unwrap();
+    let gateway = bound.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bound.run(async move {
+        let _ = stopped.await;
+    }));
+    Mesh {
+        _redis: redis,
+        _keys: keys,
+        _auth: auth,
+        _echo: echo,
+        gateway,
+        stop: Some(stop),
+    }
+}
+
+impl Mesh {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.gateway))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn seller_token(&self) -> String {
+        let mut auth = AuthServiceClient::new(self.channel().await);
+        auth.register(pb::RegisterRequest {
+            email: "seller@example.com".into(),
+            password: "a good long password".into(),
+            display_name: "Seller".into(),
+            role: pb::Role::Seller.into(),
+        })
+        .await
+        .unwrap();
+        auth.login(pb::LoginRequest {
+            email: "seller@example.com".into(),
+            password: "a good long password".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap()
+        .access_token
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn echo_request(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        delay_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn routes_calls_and_checks_tokens_early() {
+    let mesh = mesh(|_| {}).await;
+    let token = mesh.seller_token().await;
+    let mut auth = AuthServiceClient::new(mesh.channel().await);
+    let me = auth
+        .who_am_i(bearer(pb::WhoAmIRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap();
+    assert_eq!(me.role(), pb::Role::Seller);
+
+    let mut echo_client = EchoServiceClient::new(mesh.channel().await);
+    let reply = echo_client
+        .echo(bearer(echo_request("through the gateway"), &token))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().message, "through the gateway");
+    assert!(reply.metadata().get("x-request-id").is_some());
+
+    let anonymous = echo_client
+        .echo(echo_request("no token"))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let forged = echo_client
+        .echo(bearer(
+            echo_request("bad token"),
+            "eyJhbGciOiJub25lIn0.e30.",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
+
+    let mut unknown = tonic::client::Grpc::new(mesh.channel().await);
+    unknown.ready().await.unwrap();
+    let status = unknown
+        .unary::<_, EchoRequest, _>(
+            Request::new(echo_request("?")),
+            "/storemesh.nothing.v1.NoService/Call".parse().unwrap(),
+            tonic_prost::ProstCodec::<EchoRequest, EchoRequest>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn reflection_lists_every_mesh_service_for_grpcurl() {
+    let mesh = mesh(|_| {}).await;
+    let grpcurl = std::env::var("GRPCURL")
+        .ok()
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| "grpcurl".into());
+    let output = tokio::process::Command::new(&grpcurl)
+        .args(["-plaintext", &mesh.gateway.to_string(), "list"])
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("cannot run {grpcurl} ({error}); run scripts/setup"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: BTreeSet<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for service in [
+        "storemesh.auth.v1.AuthService",
+        "storemesh.catalog.v1.CatalogService",
+        "storemesh.storage.v1.StorageService",
+        ECHO,
+        "grpc.health.v1.Health",
+    ] {
+        assert!(listed.contains(service), "{service} in {listed:?}");
+    }
+    // And a call through grpcurl, routed to auth.
+    let output = tokio::process::Command::new(&grpcurl)
+        .args([
+            "-plaintext",
+            "-d",
+            "{}",
+            &mesh.gateway.to_string(),
+            "storemesh.auth.v1.AuthService/GetPublicKeys",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Ed25519"));
+}
+
+#[tokio::test]
+async fn grpc_web_clients_go_through_the_gateway() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let mesh = mesh(|_| {}).await;
+    let message = pb::GetPublicKeysRequest {}.encode_to_vec();
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).unwrap());
+    frame.put_slice(&message);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = http::Request::post(format!(
+        "http://{}/storemesh.auth.v1.AuthService/GetPublicKeys",
+        mesh.gateway
+    ))
+    .header("content-type", "application/grpc-web+proto")
+    .header("x-grpc-web", "1")
+    .body(Full::new(frame.freeze()))
+    .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.get_u8(), 0);
+    let length = body.get_u32() as usize;
+    let keys = pb::GetPublicKeysResponse::decode(body.split_to(length)).unwrap();
+    assert!(keys.jwks_json.contains("Ed25519"));
+    assert_eq!(body.get_u8(), 0x80, "trailers frame");
+    let length = body.get_u32() as usize;
+    let trailers = String::from_utf8(body.split_to(length).to_vec()).unwrap();
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+}
+
+#[tokio::test]
+async fn address_rate_limit_trips_with_retry_after() {
+    let mesh = mesh(|config| {
+        config.rate_limit = GatewayRateLimit {
+            per_address_per_sec: 1,
+            per_address_burst: 5,
+            ..GatewayRateLimit::default()
+        };
+    })
+    .await;
+    let mut auth = AuthServiceClient::new(mesh.channel().await);
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(status) = auth.get_public_keys(pb::GetPublicKeysRequest {}).await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let status = limited.expect("the bucket ran dry");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.metadata().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_reaching_a_service() {
+    let mesh = mesh(|config| {
+        config.max_request_bytes = 4 * 1024;
+        config.public_methods.push(format!("/{ECHO}/Echo"));
+    })
+    .await;
+    let mut echo_client = EchoServiceClient::new(mesh.channel().await);
+    let status = echo_client
+        .echo(echo_request(&"x".repeat(16 * 1024)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limit"));
+    echo_client
+        .echo(echo_request("small is fine"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_gateway_enforces_the_callers_deadline() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let mesh = mesh(|config| {
+        config.public_methods.push(format!("/{ECHO}/Echo"));
+    })
+    .await;
+    // A raw HTTP/2 client: it sends `grpc-timeout` but does not enforce it itself, so the
+    // answer shows what the gateway does.
+    let message = EchoRequest {
+        message: "slow".into(),
+        delay_ms: 5_000,
+    }
+    .encode_to_vec();
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).unwrap());
+    frame.put_slice(&message);
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = http::Request::post(format!("http://{}/{ECHO}/Echo", mesh.gateway))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(frame.freeze()))
+        .unwrap();
+    let started = Instant::now();
+    let response = client.request(request).await.unwrap();
+    let code = match response.headers().get("grpc-status") {
+        Some(code) => code.to_str().unwrap().to_owned(),
+        None => {
+            let collected = response.into_body().collect().await.unwrap();
+            collected.trailers().unwrap()["grpc-status"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(code, "4", "DEADLINE_EXCEEDED");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
