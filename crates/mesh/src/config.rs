@@ -35,6 +35,15 @@ pub struct UpstreamConfig {
     pub eject_after_failures: u32,
     pub base_ejection_ms: u64,
     pub max_ejection_ms: u64,
+    /// Call the endpoints over TLS (ALPN `h2`) instead of cleartext HTTP/2.
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// CA certificate(s) to trust (PEM); the public web roots when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -54,6 +63,7 @@ impl Default for UpstreamConfig {
             eject_after_failures: 3,
             base_ejection_ms: 1_000,
             max_ejection_ms: 30_000,
+            tls: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod channel;
 pub mod config;
 pub mod endpoint;
 pub mod timeout;
+pub mod tls;
 pub mod upstream;
 
 pub use channel::{MeshChannel, is_idempotent};

@@ -10,6 +10,7 @@ use futures::StreamExt as _;
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -42,7 +43,8 @@ pub struct Upstream {
     config: UpstreamConfig,
     policy: EjectionPolicy,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    scheme: &'static str,
     budget: TpsBudget,
 }
 
@@ -108,10 +110,26 @@ where
 impl Upstream {
     /// Resolves the endpoints once and keeps them fresh in the background (the refresh task
     /// ends when the upstream is dropped).
-    pub async fn start(name: impl Into<String>, config: UpstreamConfig) -> Arc<Self> {
+    pub async fn start(
+        name: impl Into<String>,
+        config: UpstreamConfig,
+    ) -> Result<Arc<Self>, crate::tls::TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        connector.enforce_http(false);
+        let tls =
+            crate::tls::client_config(config.tls.as_ref().and_then(|tls| tls.ca_file.as_deref()))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(connector);
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .http2_only(true)
@@ -131,13 +149,14 @@ impl Upstream {
             ),
             endpoints: RwLock::new(Vec::new()),
             client,
+            scheme,
             config,
         });
         upstream.refresh().await;
         if upstream.config.dns.is_some() || upstream.config.addresses_file.is_some() {
             tokio::spawn(refresh_loop(Arc::downgrade(&upstream)));
         }
-        upstream
+        Ok(upstream)
     }
 
     pub fn name(&self) -> &str {
@@ -331,7 +350,7 @@ impl Upstream {
             if let Ok(value) = http::HeaderValue::from_str(&timeout::format(deadline - now)) {
                 upstream_request.headers_mut().insert("grpc-timeout", value);
             }
-            match format!("http://{}{path}", endpoint.authority).parse() {
+            match format!("{}://{}{path}", self.scheme, endpoint.authority).parse() {
                 Ok(uri) => *upstream_request.uri_mut() = uri,
                 Err(_) => {
                     return status_response(tonic::Status::internal("bad upstream address"));

@@ -53,7 +53,9 @@ async fn load_is_spread_and_a_crashed_replica_costs_no_idempotent_call() {
     let _ = storemesh_runtime::server::prometheus();
     let (a, b) = (replica().await, replica().await);
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
-    let upstream = Upstream::start("echo", fast_config(vec![a_addr.clone(), b_addr.clone()])).await;
+    let upstream = Upstream::start("echo", fast_config(vec![a_addr.clone(), b_addr.clone()]))
+        .await
+        .unwrap();
     let client = EchoServiceClient::new(MeshChannel::new(upstream.clone()));
 
     let failures = Arc::new(AtomicUsize::new(0));
@@ -119,7 +121,8 @@ async fn a_replica_added_at_runtime_receives_traffic() {
             ..UpstreamConfig::default()
         },
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(upstream.endpoints(), [first.addr.to_string()]);
     let mut client = EchoServiceClient::new(MeshChannel::new(upstream.clone()));
     client.echo(idempotent("before")).await.unwrap();
@@ -172,6 +175,15 @@ struct DeadlineReporter;
 
 #[tonic::async_trait]
 impl echo::pb::echo_service_server::EchoService for DeadlineReporter {
+    type EchoStreamStream = echo::EchoResponseStream;
+
+    async fn echo_stream(
+        &self,
+        _request: Request<echo::pb::EchoStreamRequest>,
+    ) -> Result<Response<Self::EchoStreamStream>, Status> {
+        Err(Status::unimplemented("this test only answers unary calls"))
+    }
+
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         let seen = request
             .metadata()
@@ -203,7 +215,8 @@ async fn deadlines_are_propagated_and_enforced() {
             ..UpstreamConfig::addresses([addr.to_string()])
         },
     )
-    .await;
+    .await
+    .unwrap();
     let mut client = EchoServiceClient::new(MeshChannel::new(upstream));
 
     let mut request = Request::new(EchoRequest {
@@ -260,7 +273,8 @@ async fn dead_endpoints_are_ejected_and_only_idempotent_calls_retried() {
             ..UpstreamConfig::addresses([live.addr.to_string(), dead.clone()])
         },
     )
-    .await;
+    .await
+    .unwrap();
     let mut client = EchoServiceClient::new(MeshChannel::new(upstream));
     for n in 0..30 {
         client
@@ -293,7 +307,9 @@ async fn no_endpoint_is_unavailable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()
     };
-    let upstream = Upstream::start("nothing", UpstreamConfig::addresses([dead])).await;
+    let upstream = Upstream::start("nothing", UpstreamConfig::addresses([dead]))
+        .await
+        .unwrap();
     let mut client = EchoServiceClient::new(MeshChannel::new(upstream));
     let status = client.echo(idempotent("x")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);

@@ -40,6 +40,26 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Gateway administration.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Create a local development CA and a server certificate for TLS (`ca.pem`, `cert.pem`,
+    /// `key.pem`). Point `gateway.tls.cert_file`/`key_file` at the server pair and make clients
+    /// (and TLS upstream configs) trust `ca.pem`.
+    DevCert {
+        /// Directory to write the files to.
+        #[arg(long, default_value = "data/tls")]
+        out: PathBuf,
+        /// DNS names or IP addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -47,6 +67,15 @@ enum AuthCommand {
     /// Retire the current token signing key and create a new one (restart auth afterwards).
     /// The old key stays published until every token it signed has expired.
     RotateKey,
+}
+
+fn dev_cert(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
+    let files = storemesh_mesh::tls::write_dev_certificates(out, hosts)?;
+    println!("CA (trust this):     {}", files.ca_file.display());
+    println!("server certificate:  {}", files.cert_file.display());
+    println!("server key:          {}", files.key_file.display());
+    println!("valid for: {}", hosts.join(", "));
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -68,6 +97,9 @@ fn main() -> ExitCode {
             Command::Auth {
                 command: AuthCommand::RotateKey,
             } => serve::rotate_key(cli.config.as_deref()),
+            Command::Gateway {
+                command: GatewayCommand::DevCert { out, hosts },
+            } => dev_cert(&out, &hosts),
         }
     });
     match result {

@@ -10,16 +10,25 @@ use storemesh_runtime::{ConfigLoader, ServerConfig, shutdown};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
     Auth,
+    Catalog,
+    Storage,
     Gateway,
 }
 
 impl Service {
     /// In start order: the gateway last, once what it routes to is up.
-    pub const ALL: &[Service] = &[Service::Auth, Service::Gateway];
+    pub const ALL: &[Service] = &[
+        Service::Auth,
+        Service::Catalog,
+        Service::Storage,
+        Service::Gateway,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Service::Auth => "auth",
+            Service::Catalog => "catalog",
+            Service::Storage => "storage",
             Service::Gateway => "gateway",
         }
     }
@@ -28,6 +37,16 @@ impl Service {
     pub fn server_config(self, loader: &ConfigLoader) -> anyhow::Result<ServerConfig> {
         Ok(match self {
             Service::Auth => loader.section::<storemesh_auth::AuthConfig>("auth")?.server,
+            Service::Catalog => {
+                loader
+                    .section::<storemesh_catalog::CatalogConfig>("catalog")?
+                    .server
+            }
+            Service::Storage => {
+                loader
+                    .section::<storemesh_storage::StorageConfig>("storage")?
+                    .server
+            }
             Service::Gateway => {
                 loader
                     .section::<storemesh_gateway::GatewayConfig>("gateway")?
@@ -47,6 +66,18 @@ pub async fn run(service: Service, config: Option<&Path>) -> anyhow::Result<()> 
             storemesh_auth::build(settings)
                 .await
                 .context("auth service failed to start")?
+        }
+        Service::Catalog => {
+            let settings = storemesh_catalog::CatalogSettings::load(&loader)?;
+            storemesh_catalog::build(settings)
+                .await
+                .context("catalog service failed to start")?
+        }
+        Service::Storage => {
+            let settings = storemesh_storage::StorageSettings::load(&loader)?;
+            storemesh_storage::build(settings)
+                .await
+                .context("storage service failed to start")?
         }
         Service::Gateway => {
             let settings = storemesh_gateway::GatewaySettings::load(&loader)?;

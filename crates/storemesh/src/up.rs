@@ -139,23 +139,65 @@ fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
 
 /// The local admin password, created once and kept in the data dir (mode 0600).
 fn admin_password(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("admin-password");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
+    stored_secret(&data_dir.join("admin-password"))
+}
+
+/// The service accounts the local system needs, with secrets created once and kept in the
+/// data dir (mode 0600): auth gets the accounts, each service its own credentials. Accounts
+/// configured explicitly in `auth.service_accounts` are left alone.
+fn service_account_env(
+    loader: &ConfigLoader,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let auth: storemesh_auth::AuthConfig = loader.section("auth")?;
+    if !auth.service_accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let accounts: &[(&str, &[&str])] = &[("catalog", &["storage.delete:products"])];
+    let mut entries = Vec::new();
+    let mut env = Vec::new();
+    for (client_id, scopes) in accounts {
+        let secret = stored_secret(&data_dir.join("secrets").join(client_id))?;
+        let scopes: Vec<String> = scopes.iter().map(|scope| format!("\"{scope}\"")).collect();
+        entries.push(format!(
+            "{{client_id=\"{client_id}\", client_secret=\"{secret}\", scopes=[{}]}}",
+            scopes.join(", ")
+        ));
+        let prefix = format!("STOREMESH_{}", client_id.to_uppercase());
+        env.push((
+            format!("{prefix}__SERVICE_CLIENT_ID"),
+            (*client_id).to_owned(),
+        ));
+        env.push((format!("{prefix}__SERVICE_CLIENT_SECRET"), secret));
+    }
+    env.push((
+        "STOREMESH_AUTH__SERVICE_ACCOUNTS".into(),
+        format!("[{}]", entries.join(", ")),
+    ));
+    Ok(env)
+}
+
+/// A random secret kept in `path` (created with mode 0600 on first use).
+fn stored_secret(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
         let existing = existing.trim().to_owned();
         if !existing.is_empty() {
             return Ok(existing);
         }
     }
-    let mut bytes = [0_u8; 18];
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = [0_u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    std::fs::write(&path, &password).with_context(|| format!("cannot write {}", path.display()))?;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    std::fs::write(path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    Ok(password)
+    Ok(secret)
 }
 
 fn redis_answers(url: &str) -> bool {
@@ -251,8 +293,25 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             format!("http://{auth}"),
         ));
     }
+    if let Some(catalog) = address_of(Service::Catalog) {
+        cross_env.push((
+            "STOREMESH_STORAGE__CATALOG_ENDPOINT".into(),
+            format!("http://{catalog}"),
+        ));
+    }
+    if let Some(storage) = address_of(Service::Storage) {
+        cross_env.push((
+            "STOREMESH_CATALOG__STORAGE_ENDPOINT".into(),
+            format!("http://{storage}"),
+        ));
+    }
+    cross_env.extend(service_account_env(&loader, &data_dir)?);
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
-    for (service, upstream) in [(Service::Auth, "auth")] {
+    for (service, upstream) in [
+        (Service::Auth, "auth"),
+        (Service::Catalog, "catalog"),
+        (Service::Storage, "storage"),
+    ] {
         if let Some(addr) = address_of(service)
             && !gateway_config.upstreams.contains_key(upstream)
         {
@@ -274,6 +333,10 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             .env("STOREMESH_AUTH__KEYS_DIR", data_dir.join("auth/keys"))
             .env("STOREMESH_AUTH__ADMIN_EMAIL", ADMIN_EMAIL)
             .env("STOREMESH_AUTH__ADMIN_PASSWORD", &password)
+            .env(
+                "STOREMESH_STORAGE__DATA_DIR",
+                data_dir.join("storage/objects"),
+            )
             .envs(cross_env.iter().map(|(key, value)| (key, value)));
         if let Some(config) = config {
             command.env("STOREMESH_CONFIG", config);

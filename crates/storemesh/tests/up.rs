@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use storemesh_proto::auth::v1::LoginRequest;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use storemesh_proto::catalog::v1::{CreateProductRequest, Money};
 use storemesh_testkit::free_port;
 
 struct Up {
@@ -112,6 +114,22 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
     let (gateway_port, gateway_admin_port) = (free_port().unwrap(), free_port().unwrap());
     let envs = [
         (
+            "STOREMESH_CATALOG__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_CATALOG__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_STORAGE__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_STORAGE__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
             "STOREMESH_GATEWAY__SERVER__LISTEN",
             format!("127.0.0.1:{gateway_port}"),
         ),
@@ -152,13 +170,34 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
     let mut via_gateway = AuthServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
         .await
         .unwrap();
-    via_gateway
+    let token = via_gateway
         .login(LoginRequest {
             email: "admin@storemesh.local".into(),
             password: password.trim().into(),
         })
         .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap()
+        .access_token;
+    // The catalog behind the gateway, with the token verified on the way.
+    let mut catalog = CatalogServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
+        .await
         .unwrap();
+    let mut create = tonic::Request::new(CreateProductRequest {
+        title: "Lamp".into(),
+        price: Some(Money {
+            amount_minor: 1999,
+            currency_code: "EUR".into(),
+        }),
+        ..CreateProductRequest::default()
+    });
+    create
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let product = catalog.create_product(create).await.unwrap().into_inner();
+    assert_eq!(product.product.unwrap().title, "Lamp");
     assert!(data.path().join("auth/keys/current.pem").is_file());
     assert!(data.path().join("redis").is_dir());
 
@@ -193,6 +232,22 @@ fn up_fails_fast_when_a_port_is_taken() {
     let envs = [
         envs[0].clone(),
         envs[1].clone(),
+        (
+            "STOREMESH_CATALOG__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_CATALOG__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_STORAGE__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_STORAGE__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
         (
             "STOREMESH_GATEWAY__SERVER__LISTEN",
             format!("127.0.0.1:{}", free_port().unwrap()),

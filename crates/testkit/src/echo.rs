@@ -1,7 +1,10 @@
 //! A fixture service on the shared runtime: it answers like any Storemesh service (validation
 //! through `ServiceError`, spans, metrics), which lets the runtime be tested end to end.
 
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures::Stream;
 
 use storemesh_runtime::config::{ConfigError, Validate};
 use storemesh_runtime::error::Violations;
@@ -18,10 +21,15 @@ pub mod pb {
 
 pub use pb::echo_service_client::EchoServiceClient;
 use pb::echo_service_server::{EchoService, EchoServiceServer};
-use pb::{EchoRequest, EchoResponse};
+use pb::{EchoRequest, EchoResponse, EchoStreamRequest};
 
 const MAX_MESSAGE_BYTES: usize = 1024;
 const MAX_DELAY_MS: u32 = 30_000;
+const MAX_STREAM_COUNT: u32 = 1000;
+const MAX_STREAM_INTERVAL_MS: u32 = 1000;
+
+/// The response stream of [`EchoService::echo_stream`].
+pub type EchoResponseStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Echo;
@@ -44,6 +52,43 @@ impl EchoService for Echo {
         Ok(Response::new(EchoResponse {
             message: request.message,
         }))
+    }
+
+    type EchoStreamStream = EchoResponseStream;
+
+    async fn echo_stream(
+        &self,
+        request: Request<EchoStreamRequest>,
+    ) -> Result<Response<Self::EchoStreamStream>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        if request.message.len() > MAX_MESSAGE_BYTES {
+            violations.add("message", "must be at most 1024 bytes");
+        }
+        if request.count > MAX_STREAM_COUNT {
+            violations.add("count", "must be at most 1000");
+        }
+        if request.interval_ms > MAX_STREAM_INTERVAL_MS {
+            violations.add("interval_ms", "must be at most 1000");
+        }
+        violations.into_result()?;
+        let interval = Duration::from_millis(u64::from(request.interval_ms));
+        let stream = futures::stream::unfold(0_u32, move |index| {
+            let message = request.message.clone();
+            async move {
+                if index >= request.count {
+                    return None;
+                }
+                if index > 0 && !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                let response = EchoResponse {
+                    message: format!("{message} #{index}"),
+                };
+                Some((Ok(response), index + 1))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

@@ -27,6 +27,18 @@ pub struct GatewayConfig {
     /// Methods callable without an access token; every other method needs a valid one.
     pub public_methods: Vec<String>,
     pub rate_limit: GatewayRateLimit,
+    /// Serve TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext. `storemesh gateway
+    /// dev-cert` makes local development certificates.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chain, PEM.
+    pub cert_file: std::path::PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 /// Token buckets, per caller identity (JWT `sub`) and per client address.
@@ -83,6 +95,7 @@ impl Default for GatewayConfig {
             .map(|method| format!("/{AUTH_SERVICE}/{method}"))
             .collect(),
             rate_limit: GatewayRateLimit::default(),
+            tls: None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("invalid token settings: {0}")]
     Tokens(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A bound gateway, ready to [`BoundGateway::run`].
@@ -74,6 +76,7 @@ pub struct BoundGateway {
     service: GatewayService,
     health: tonic_health::server::HealthReporter,
     config: GatewayConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Binds the listeners and starts discovery for every upstream. `extra_descriptor_sets`
@@ -88,12 +91,22 @@ pub async fn build(
             .await
             .map_err(|source| StartError::Bind { addr, source })
     };
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            storemesh_mesh::tls::server_config(&files.cert_file, &files.key_file)
+                .map_err(|error| StartError::Tls(error.to_string()))?,
+        ))),
+        None => None,
+    };
     let listener = bind(config.server.listen).await?;
     let admin = bind(config.server.admin_listen).await?;
 
     let mut upstreams = HashMap::new();
     for (name, upstream) in config.effective_upstreams() {
-        upstreams.insert(name.clone(), Upstream::start(name, upstream).await);
+        let started = Upstream::start(name.clone(), upstream)
+            .await
+            .map_err(|error| StartError::Tls(format!("upstream {name}: {error}")))?;
+        upstreams.insert(name, started);
     }
     // No denylist here: the gateway has no Redis; the services check revocation themselves.
     let authenticator = Authenticator::from_config(&settings.tokens, None)
@@ -136,6 +149,7 @@ pub async fn build(
         service: GatewayService::new(gateway, local.routes()),
         health,
         config,
+        tls,
     })
 }
 
@@ -202,15 +216,48 @@ impl BoundGateway {
                             request
                         })
                         .service(layers.clone());
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%error, "connection ended with an error");
+                    let service = TowerToHyperService::new(service);
+                    match self.tls.clone() {
+                        None => {
+                            let connection = graceful.watch(
+                                builder.serve_connection(TokioIo::new(stream), service).into_owned(),
+                            );
+                            tokio::spawn(async move {
+                                if let Err(error) = connection.await {
+                                    tracing::debug!(%error, "connection ended with an error");
+                                }
+                            });
                         }
-                    });
+                        Some(acceptor) => {
+                            // The handshake runs in the connection's task so a slow client
+                            // cannot stall the accept loop.
+                            let builder = builder.clone();
+                            let watcher = graceful.watcher();
+                            tokio::spawn(async move {
+                                let handshake = tokio::time::timeout(
+                                    Duration::from_secs(10),
+                                    acceptor.accept(stream),
+                                );
+                                let stream = match handshake.await {
+                                    Ok(Ok(stream)) => stream,
+                                    Ok(Err(error)) => {
+                                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let connection = watcher.watch(
+                                    builder.serve_connection(TokioIo::new(stream), service).into_owned(),
+                                );
+                                if let Err(error) = connection.await {
+                                    tracing::debug!(%error, "connection ended with an error");
+                                }
+                            });
+                        }
+                    }
                 }
                 () = stop.wait() => break,
             }

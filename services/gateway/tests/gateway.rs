@@ -383,3 +383,233 @@ async fn the_gateway_enforces_the_callers_deadline() {
     assert_eq!(code, "4", "DEADLINE_EXCEEDED");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+async fn start_gateway(config: GatewayConfig, tokens: TokensConfig) -> SocketAddr {
+    let bound = storemesh_gateway::build(
+        GatewaySettings {
+            gateway: config,
+            tokens,
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let addr = bound.local_addr().unwrap();
+    tokio::spawn(bound.run(std::future::pending()));
+    addr
+}
+
+/// Client → gateway A (h2c) → gateway B (TLS listener, trusted through the dev CA) → auth.
+#[tokio::test]
+async fn tls_on_the_listener_and_to_upstreams() {
+    let mesh = mesh(|_| {}).await;
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = storemesh_mesh::tls::write_dev_certificates(
+        certs_dir.path(),
+        &["127.0.0.1".into(), "localhost".into()],
+    )
+    .unwrap();
+    let tokens = TokensConfig::default();
+
+    let mut b = GatewayConfig {
+        server: test_server(),
+        tls: Some(storemesh_gateway::config::ListenerTls {
+            cert_file: certs.cert_file.clone(),
+            key_file: certs.key_file.clone(),
+        }),
+        ..GatewayConfig::default()
+    };
+    // B forwards to the plain gateway of `mesh`, which routes to auth.
+    b.upstreams.insert(
+        "auth".into(),
+        UpstreamConfig::addresses([mesh.gateway.to_string()]),
+    );
+    let b_addr = start_gateway(b, tokens.clone()).await;
+
+    let through_tls = |ca_file: Option<std::path::PathBuf>| {
+        let mut a = GatewayConfig {
+            server: test_server(),
+            ..GatewayConfig::default()
+        };
+        a.upstreams.insert(
+            "auth".into(),
+            UpstreamConfig {
+                tls: Some(storemesh_mesh::config::UpstreamTls { ca_file }),
+                ..UpstreamConfig::addresses([b_addr.to_string()])
+            },
+        );
+        a
+    };
+    let a_addr = start_gateway(through_tls(Some(certs.ca_file.clone())), tokens.clone()).await;
+    let mut auth = AuthServiceClient::connect(format!("http://{a_addr}"))
+        .await
+        .unwrap();
+    let keys = auth
+        .get_public_keys(pb::GetPublicKeysRequest {})
+        .await
+        .expect("the call crossed the TLS hop")
+        .into_inner();
+    assert!(keys.jwks_json.contains("Ed25519"));
+
+    // Without trusting the development CA the TLS hop is refused.
+    let untrusting = start_gateway(through_tls(None), tokens).await;
+    let mut auth = AuthServiceClient::connect(format!("http://{untrusting}"))
+        .await
+        .unwrap();
+    let status = auth
+        .get_public_keys(pb::GetPublicKeysRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+}
+
+/// Client-streaming Upload and server-streaming Download of a multi-megabyte object through
+/// the gateway to the real storage service (ownership checked against the real catalog).
+#[tokio::test]
+async fn streams_uploads_and_downloads_through_to_storage() {
+    use storemesh_proto::catalog::v1 as catalog_pb;
+    use storemesh_proto::storage::v1 as storage_pb;
+    use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
+
+    let mesh = mesh(|_| {}).await;
+    let auth_endpoint = format!("http://{}", mesh._auth.addr);
+    let tokens = TokensConfig {
+        auth_endpoint: auth_endpoint.clone(),
+        ..TokensConfig::default()
+    };
+    let redis_url = mesh._redis.url();
+    let catalog = RunningHost::spawn(
+        storemesh_catalog::build(storemesh_catalog::CatalogSettings {
+            catalog: storemesh_catalog::CatalogConfig {
+                server: test_server(),
+                ..storemesh_catalog::CatalogConfig::default()
+            },
+            redis: RedisConfig {
+                url: redis_url.clone(),
+                ..RedisConfig::default()
+            },
+            tokens: tokens.clone(),
+        })
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let storage = RunningHost::spawn(
+        storemesh_storage::build(storemesh_storage::StorageSettings {
+            storage: storemesh_storage::StorageConfig {
+                server: test_server(),
+                data_dir: objects.path().to_path_buf(),
+                catalog_endpoint: catalog.endpoint(),
+                ..storemesh_storage::StorageConfig::default()
+            },
+            redis: RedisConfig {
+                url: redis_url,
+                ..RedisConfig::default()
+            },
+            tokens: tokens.clone(),
+        })
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let mut config = GatewayConfig {
+        server: test_server(),
+        ..GatewayConfig::default()
+    };
+    for (name, host) in [
+        ("auth", &mesh._auth),
+        ("catalog", &catalog),
+        ("storage", &storage),
+    ] {
+        config.upstreams.insert(
+            name.into(),
+            UpstreamConfig::addresses([host.addr.to_string()]),
+        );
+    }
+    let gateway = start_gateway(config, tokens).await;
+    let channel = Channel::from_shared(format!("http://{gateway}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // A seller creates a product through the gateway, then uploads its original.
+    let token = mesh.seller_token().await;
+    let mut catalog_client =
+        storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient::new(
+            channel.clone(),
+        );
+    let product = catalog_client
+        .create_product(bearer(
+            catalog_pb::CreateProductRequest {
+                title: "Chair".into(),
+                price: Some(catalog_pb::Money {
+                    amount_minor: 4_900,
+                    currency_code: "EUR".into(),
+                }),
+                ..catalog_pb::CreateProductRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+
+    // 3 MiB of PNG-looking bytes in 64 KiB chunks.
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend((0..3 * 1024 * 1024).map(|i: u32| (i % 251) as u8));
+    let key = format!("products/{}/originals/img-1", product.id);
+    let mut messages = vec![storage_pb::UploadRequest {
+        payload: Some(storage_pb::upload_request::Payload::Header(
+            storage_pb::UploadHeader {
+                target: Some(storage_pb::upload_header::Target::Key(key.clone())),
+                content_type: "image/png".into(),
+                expected_size_bytes: Some(bytes.len() as u64),
+                ..storage_pb::UploadHeader::default()
+            },
+        )),
+    }];
+    for chunk in bytes.chunks(64 * 1024) {
+        messages.push(storage_pb::UploadRequest {
+            payload: Some(storage_pb::upload_request::Payload::Chunk(
+                chunk.to_vec().into(),
+            )),
+        });
+    }
+    let mut storage_client = StorageServiceClient::new(channel);
+    let uploaded = storage_client
+        .upload(bearer(tokio_stream::iter(messages), &token))
+        .await
+        .expect("client-streaming upload through the gateway")
+        .into_inner()
+        .object
+        .unwrap();
+    assert_eq!(uploaded.size_bytes, bytes.len() as u64);
+
+    let mut stream = storage_client
+        .download(bearer(
+            storage_pb::DownloadRequest {
+                key: key.clone(),
+                offset: 1_000,
+                length: 2 * 1024 * 1024,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    let mut messages = 0;
+    while let Some(message) = tokio_stream::StreamExt::next(&mut stream).await {
+        messages += 1;
+        if let Some(storage_pb::download_response::Payload::Chunk(chunk)) = message.unwrap().payload
+        {
+            received.extend_from_slice(&chunk);
+        }
+    }
+    assert!(messages > 2, "streamed in several messages");
+    assert_eq!(received, bytes[1_000..1_000 + 2 * 1024 * 1024]);
+}

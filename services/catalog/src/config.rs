@@ -1,0 +1,210 @@
+//! The `[catalog]` configuration section.
+
+use serde::{Deserialize, Serialize};
+use storemesh_runtime::ServerConfig;
+use storemesh_runtime::config::{ConfigError, Validate};
+
+/// Default largest gRPC message: 16 MiB, not the runtime's 4 MiB. The contract promises
+/// `INVALID_ARGUMENT` with a field violation for an oversized field (e.g. a 10 MB
+/// description); with a 4 MiB limit tonic would refuse such a request with
+/// `RESOURCE_EXHAUSTED` before it reaches validation. Responses stay far below this (a product
+/// is at most ~40 KB), so the larger limit costs nothing for well-behaved callers.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub server: ServerConfig,
+    /// Thumbnail sizes (longest side, pixels) the thumbnail function makes. An image is
+    /// `READY` once it has a variant named `w{N}` for every N here, so keep this equal to the
+    /// thumbnail function's sizes.
+    pub variant_sizes: Vec<u32>,
+    /// gRPC endpoint of the storage service, where the clean-up worker deletes objects.
+    pub storage_endpoint: String,
+    /// Service account the clean-up worker uses to get a token with scope
+    /// `storage.delete:products` from the auth service (`tokens.auth_endpoint`). When empty,
+    /// the worker does not run and clean-up requests wait in the outbox.
+    pub service_client_id: String,
+    pub service_client_secret: String,
+    /// Changes buffered per `WatchProduct` stream; a watcher further behind than this is ended
+    /// with `ABORTED` so it cannot hold back the others.
+    pub watch_buffer: usize,
+    pub cleanup: CleanupConfig,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                ..ServerConfig::on_ports(50052, 9052)
+            },
+            variant_sizes: vec![160, 320, 640],
+            storage_endpoint: "http://127.0.0.1:50053".into(),
+            service_client_id: String::new(),
+            service_client_secret: String::new(),
+            watch_buffer: 256,
+            cleanup: CleanupConfig::default(),
+        }
+    }
+}
+
+/// The storage clean-up worker (see [`crate::cleanup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CleanupConfig {
+    /// First retry delay after a failed delete, in milliseconds; doubles up to the maximum.
+    pub initial_backoff_ms: u64,
+    /// Largest retry delay, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Entries another (dead) catalog instance took but did not finish are taken over after
+    /// being idle this long, in milliseconds.
+    pub claim_idle_ms: u64,
+    /// Entries read from the outbox at once.
+    pub batch_size: usize,
+    /// Deadline of one storage `Delete` call, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            claim_idle_ms: 60_000,
+            batch_size: 32,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The variant names an image needs to be `READY` (`w{N}` per configured size).
+pub fn required_variant_names(sizes: &[u32]) -> Vec<String> {
+    let mut names: Vec<String> = sizes.iter().map(|size| format!("w{size}")).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+impl Validate for CatalogConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            key: format!("{section}.{field}"),
+            message: message.to_owned(),
+        };
+        self.server.validate(&format!("{section}.server"))?;
+        if self.variant_sizes.is_empty() || self.variant_sizes.len() > 16 {
+            return Err(invalid("variant_sizes", "must list 1 to 16 sizes"));
+        }
+        if self
+            .variant_sizes
+            .iter()
+            .any(|size| !(1..=10_000).contains(size))
+        {
+            return Err(invalid(
+                "variant_sizes",
+                "every size must be between 1 and 10000 pixels",
+            ));
+        }
+        if required_variant_names(&self.variant_sizes).len() != self.variant_sizes.len() {
+            return Err(invalid("variant_sizes", "sizes must not repeat"));
+        }
+        if !(self.storage_endpoint.starts_with("http://")
+            || self.storage_endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "storage_endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.service_client_id.is_empty() != self.service_client_secret.is_empty() {
+            return Err(invalid(
+                "service_client_secret",
+                "service_client_id and service_client_secret are set together",
+            ));
+        }
+        if !self.service_client_secret.is_empty()
+            && !(16..=256).contains(&self.service_client_secret.chars().count())
+        {
+            return Err(invalid(
+                "service_client_secret",
+                "must be 16 to 256 characters",
+            ));
+        }
+        if !(1..=65_536).contains(&self.watch_buffer) {
+            return Err(invalid("watch_buffer", "must be between 1 and 65536"));
+        }
+        let cleanup = self.cleanup;
+        if cleanup.initial_backoff_ms == 0 {
+            return Err(invalid("cleanup.initial_backoff_ms", "must be at least 1"));
+        }
+        if cleanup.max_backoff_ms < cleanup.initial_backoff_ms {
+            return Err(invalid(
+                "cleanup.max_backoff_ms",
+                "must be at least cleanup.initial_backoff_ms",
+            ));
+        }
+        if !(1..=1000).contains(&cleanup.batch_size) {
+            return Err(invalid("cleanup.batch_size", "must be between 1 and 1000"));
+        }
+        if cleanup.request_timeout_ms == 0 {
+            return Err(invalid("cleanup.request_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use storemesh_runtime::ConfigLoader;
+
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_allow_large_requests() {
+        let config: CatalogConfig = ConfigLoader::from_toml_str("").section("catalog").unwrap();
+        assert_eq!(config.server.listen.port(), 50052);
+        assert_eq!(config.server.admin_listen.port(), 9052);
+        assert!(config.server.max_message_bytes > 10_000_000);
+        assert_eq!(
+            required_variant_names(&config.variant_sizes),
+            ["w160", "w320", "w640"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_full_key() {
+        let cases = [
+            ("[catalog]\nvariant_sizes = []\n", "catalog.variant_sizes"),
+            (
+                "[catalog]\nvariant_sizes = [160, 160]\n",
+                "catalog.variant_sizes",
+            ),
+            (
+                "[catalog]\nstorage_endpoint = \"x\"\n",
+                "catalog.storage_endpoint",
+            ),
+            (
+                "[catalog]\nservice_client_id = \"catalog\"\n",
+                "catalog.service_client_secret",
+            ),
+            ("[catalog]\nwatch_buffer = 0\n", "catalog.watch_buffer"),
+            (
+                "[catalog.cleanup]\ninitial_backoff_ms = 10\nmax_backoff_ms = 5\n",
+                "catalog.cleanup.max_backoff_ms",
+            ),
+            (
+                "[catalog.server]\nconcurrency_limit = 0\n",
+                "catalog.server.concurrency_limit",
+            ),
+            ("[catalog]\nvariant_size = [1]\n", "variant_size"),
+        ];
+        for (toml, key) in cases {
+            let error = ConfigLoader::from_toml_str(toml)
+                .section::<CatalogConfig>("catalog")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{toml:?}: {error}");
+        }
+    }
+}
