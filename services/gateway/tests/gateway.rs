@@ -574,9 +574,7 @@ async fn streams_uploads_and_downloads_through_to_storage() {
     }];
     for chunk in bytes.chunks(64 * 1024) {
         messages.push(storage_pb::UploadRequest {
-            payload: Some(storage_pb::upload_request::Payload::Chunk(
-                chunk.to_vec().into(),
-            )),
+            payload: Some(storage_pb::upload_request::Payload::Chunk(chunk.to_vec())),
         });
     }
     let mut storage_client = StorageServiceClient::new(channel);
