@@ -140,14 +140,22 @@ pub struct Authenticator {
     settings: VerifierSettings,
     source: Arc<dyn KeySource>,
     verifier: RwLock<Arc<Verifier>>,
-    /// Earliest time of the next key fetch; the mutex also makes fetches single-flight.
-    next_fetch: tokio::sync::Mutex<Instant>,
+    /// Earliest time of the next key fetch, and whether the last fetch failed; the mutex also
+    /// makes fetches single-flight.
+    fetch_state: tokio::sync::Mutex<FetchState>,
     min_refresh: Duration,
     denylist: Option<ConnectionManager>,
 }
 
-/// After a failed fetch (auth not up yet), try again sooner than after a successful one.
-const RETRY_AFTER_FAILED_FETCH: Duration = Duration::from_secs(1);
+/// After a failed fetch (auth not up yet), try again much sooner than after a successful one:
+/// callers are being refused meanwhile. Still bounded, so an outage of auth plus a flood of
+/// tokens cannot turn into a flood of fetches.
+const RETRY_AFTER_FAILED_FETCH: Duration = Duration::from_millis(250);
+
+struct FetchState {
+    next_fetch: Instant,
+    last_failed: bool,
+}
 
 impl Authenticator {
     pub fn new(
@@ -160,7 +168,10 @@ impl Authenticator {
             verifier: RwLock::new(Arc::new(Verifier::new(settings.clone(), &[])?)),
             settings,
             source,
-            next_fetch: tokio::sync::Mutex::new(Instant::now()),
+            fetch_state: tokio::sync::Mutex::new(FetchState {
+                next_fetch: Instant::now(),
+                last_failed: false,
+            }),
             min_refresh: Duration::from_millis(config.jwks_min_refresh_interval_ms),
             denylist,
         })
@@ -182,13 +193,26 @@ impl Authenticator {
         }
     }
 
-    /// Fetches the keys now unless a fetch happened too recently.
-    pub async fn refresh_keys(&self) {
-        let mut next_fetch = self.next_fetch.lock().await;
-        if Instant::now() < *next_fetch {
-            return;
+    /// Fetches the keys at start-up, best effort: if the auth service is not up yet, the
+    /// first request that needs a key fetches again at once instead of waiting out the retry
+    /// interval.
+    pub async fn prefetch_keys(&self) {
+        if !self.refresh_keys().await {
+            self.fetch_state.lock().await.next_fetch = Instant::now();
         }
-        match self.source.fetch().await {
+    }
+
+    /// Fetches the keys now unless a fetch happened too recently. Returns whether the keys
+    /// are usable, i.e. the most recent fetch succeeded.
+    pub async fn refresh_keys(&self) -> bool {
+        let mut state = self.fetch_state.lock().await;
+        if Instant::now() < state.next_fetch {
+            return !state.last_failed;
+        }
+        let result = self.source.fetch().await;
+        state.last_failed = result.is_err();
+        let next_fetch = &mut state.next_fetch;
+        match result {
             Ok(keys) => match Verifier::new(self.settings.clone(), &keys) {
                 Ok(verifier) => {
                     tracing::info!(keys = keys.len(), "token verification keys refreshed");
@@ -208,13 +232,17 @@ impl Authenticator {
                 *next_fetch = Instant::now() + RETRY_AFTER_FAILED_FETCH;
             }
         }
+        !state.last_failed
     }
 
     /// Verifies `token` and returns who it identifies.
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Identity> {
         let kid = Verifier::token_key_id(token).map_err(unauthenticated)?;
-        if !self.current().knows_key(&kid) {
-            self.refresh_keys().await;
+        if !self.current().knows_key(&kid) && !self.refresh_keys().await {
+            // Not the caller's fault: the key may well be genuine; say so and let them retry.
+            return Err(ServiceError::Unavailable(
+                "cannot fetch token verification keys right now; retry".into(),
+            ));
         }
         let identity = self.current().verify(token).map_err(unauthenticated)?;
         if let Some(redis) = &self.denylist {

@@ -113,7 +113,7 @@ pub async fn build(settings: AuthSettings) -> Result<ServiceHost, StartError> {
         Some(connection.clone()),
     )
     .map_err(|error| StartError::Bootstrap(ServiceError::internal(error)))?;
-    authenticator.refresh_keys().await;
+    authenticator.prefetch_keys().await;
 
     let builder = ServiceHost::builder("auth", auth.server.clone());
     let limit = builder.max_message_bytes();

@@ -108,7 +108,7 @@ pub async fn build_with_handle(
     let authenticator = Authenticator::from_config(&tokens, Some(connection.clone()))
         .map_err(StartError::Authenticator)?;
     // Best effort: when auth is not up yet, the first token with an unknown key fetches again.
-    authenticator.refresh_keys().await;
+    authenticator.prefetch_keys().await;
 
     // Background tasks stop when the service (owned by the host) is dropped.
     let background = Shutdown::new();

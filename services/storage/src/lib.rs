@@ -170,7 +170,7 @@ pub async fn build_with_owners(
                 source,
             }
         })?;
-    authenticator.refresh_keys().await;
+    authenticator.prefetch_keys().await;
 
     let builder = ServiceHost::builder("storage", storage.server.clone());
     let limit = builder.max_message_bytes();
