@@ -45,6 +45,12 @@ pub struct TokensConfig {
     pub auth_endpoint: String,
     /// Minimum time between two key fetches triggered by unknown key ids, in milliseconds.
     pub jwks_min_refresh_interval_ms: u64,
+    /// Verified tokens remembered (per process), so a client reusing its token is not
+    /// verified again on every call. 0 turns the cache off.
+    pub verified_cache_entries: u64,
+    /// How long a cached token may go without re-checking the denylist, in milliseconds: a
+    /// logout takes effect at verifiers within this time. 0 checks on every call.
+    pub revocation_check_interval_ms: u64,
 }
 
 impl Default for TokensConfig {
@@ -55,6 +61,8 @@ impl Default for TokensConfig {
             leeway_secs: 5,
             auth_endpoint: "http://127.0.0.1:50051".into(),
             jwks_min_refresh_interval_ms: 10_000,
+            verified_cache_entries: 10_000,
+            revocation_check_interval_ms: 1_000,
         }
     }
 }
@@ -145,6 +153,10 @@ pub struct Authenticator {
     fetch_state: tokio::sync::Mutex<FetchState>,
     min_refresh: Duration,
     denylist: Option<ConnectionManager>,
+    /// Token text → identity verified from it, and when the denylist was last consulted.
+    verified: Option<quick_cache::sync::Cache<String, (Identity, Instant)>>,
+    revocation_check: Duration,
+    leeway_secs: u64,
 }
 
 /// After a failed fetch (auth not up yet), try again much sooner than after a successful one:
@@ -174,6 +186,12 @@ impl Authenticator {
             }),
             min_refresh: Duration::from_millis(config.jwks_min_refresh_interval_ms),
             denylist,
+            verified: usize::try_from(config.verified_cache_entries)
+                .ok()
+                .filter(|entries| *entries > 0)
+                .map(quick_cache::sync::Cache::new),
+            revocation_check: Duration::from_millis(config.revocation_check_interval_ms),
+            leeway_secs: config.leeway_secs,
         })
     }
 
@@ -235,16 +253,35 @@ impl Authenticator {
         !state.last_failed
     }
 
-    /// Verifies `token` and returns who it identifies.
+    /// Verifies `token` and returns who it identifies. A token verified before is taken from
+    /// the cache (still checked for expiry, and against the denylist at least every
+    /// `revocation_check_interval_ms`).
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Identity> {
-        let kid = Verifier::token_key_id(token).map_err(unauthenticated)?;
-        if !self.current().knows_key(&kid) && !self.refresh_keys().await {
-            // Not the caller's fault: the key may well be genuine; say so and let them retry.
-            return Err(ServiceError::Unavailable(
-                "cannot fetch token verification keys right now; retry".into(),
-            ));
+        if let Some(cache) = &self.verified
+            && let Some((identity, checked)) = cache.get(token)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs())
+                .unwrap_or(u64::MAX);
+            if now <= identity.expires_at.saturating_add(self.leeway_secs) {
+                if checked.elapsed() < self.revocation_check {
+                    return Ok(identity);
+                }
+                self.check_denylist(&identity).await?;
+                cache.insert(token.to_owned(), (identity.clone(), Instant::now()));
+                return Ok(identity);
+            }
+            cache.remove(token);
         }
-        let identity = self.current().verify(token).map_err(unauthenticated)?;
+        let identity = self.verify_fully(token).await?;
+        if let Some(cache) = &self.verified {
+            cache.insert(token.to_owned(), (identity.clone(), Instant::now()));
+        }
+        Ok(identity)
+    }
+
+    async fn check_denylist(&self, identity: &Identity) -> ServiceResult<()> {
         if let Some(redis) = &self.denylist {
             let mut connection = redis.clone();
             let revoked: bool = redis::cmd("EXISTS")
@@ -257,6 +294,19 @@ impl Authenticator {
                 ));
             }
         }
+        Ok(())
+    }
+
+    async fn verify_fully(&self, token: &str) -> ServiceResult<Identity> {
+        let kid = Verifier::token_key_id(token).map_err(unauthenticated)?;
+        if !self.current().knows_key(&kid) && !self.refresh_keys().await {
+            // Not the caller's fault: the key may well be genuine; say so and let them retry.
+            return Err(ServiceError::Unavailable(
+                "cannot fetch token verification keys right now; retry".into(),
+            ));
+        }
+        let identity = self.current().verify(token).map_err(unauthenticated)?;
+        self.check_denylist(&identity).await?;
         Ok(identity)
     }
 }

@@ -107,8 +107,13 @@ pub async fn build(settings: AuthSettings) -> Result<ServiceHost, StartError> {
         .await
         .map_err(StartError::Bootstrap)?;
 
+    // The issuer itself sees a logout at once: no revocation-check interval here.
+    let strict = TokensConfig {
+        revocation_check_interval_ms: 0,
+        ..tokens.clone()
+    };
     let authenticator = Authenticator::new(
-        &tokens,
+        &strict,
         Arc::new(KeyringSource(keyring)),
         Some(connection.clone()),
     )

@@ -690,6 +690,8 @@ async fn other_services_verify_tokens_locally_and_refuse_bad_ones() {
     let tokens_config = TokensConfig {
         auth_endpoint: harness.host.endpoint(),
         jwks_min_refresh_interval_ms: 60_000,
+        // Check the denylist on every call so the logout below shows at once.
+        revocation_check_interval_ms: 0,
         ..TokensConfig::default()
     };
     let source = Arc::new(CountingSource {
@@ -822,4 +824,52 @@ fn serde_json_claims(claims: &Claims) -> Vec<u8> {
         claims.iss, claims.aud, claims.sub, claims.iat, claims.exp, claims.jti
     )
     .into_bytes()
+}
+
+/// Verified tokens are cached by verifiers; a logout reaches them within
+/// `revocation_check_interval_ms`.
+#[tokio::test]
+async fn cached_tokens_see_a_logout_within_the_recheck_interval() {
+    let harness = Harness::start().await;
+    let mut auth = harness.client().await;
+    register(&mut auth, "cached@example.com", pb::Role::Customer).await;
+    let tokens = login(&mut auth, "cached@example.com", "a good long password").await;
+    let config = TokensConfig {
+        auth_endpoint: harness.host.endpoint(),
+        revocation_check_interval_ms: 500,
+        ..TokensConfig::default()
+    };
+    let denylist = storemesh_runtime::redis::connect(&RedisConfig {
+        url: harness.redis.url(),
+        ..RedisConfig::default()
+    })
+    .await
+    .unwrap();
+    let authenticator = Authenticator::from_config(&config, Some(denylist)).unwrap();
+    let first = authenticator
+        .authenticate(&tokens.access_token)
+        .await
+        .unwrap();
+    auth.logout(bearer(
+        pb::LogoutRequest {
+            refresh_token: tokens.refresh_token,
+        },
+        &tokens.access_token,
+    ))
+    .await
+    .unwrap();
+    // Inside the interval the cached verification still stands...
+    let cached = authenticator
+        .authenticate(&tokens.access_token)
+        .await
+        .unwrap();
+    assert_eq!(cached, first);
+    // ...after it, the denylist is consulted again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let refused = authenticator
+        .authenticate(&tokens.access_token)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.to_string().contains("revoked"));
 }

@@ -1,0 +1,348 @@
+//! Unary gRPC throughput and latency under concurrent load, each against a baseline measured
+//! in the same run (these machines are shared and noisy; the ratios are what we track):
+//!
+//! - `GetProduct` on the catalog (real Redis, real auth token checks) vs a **bare tonic
+//!   hello-world server** (the same echo handler on `tonic::transport::Server` with none of
+//!   our layers). Goal: ≥ 0.8× the bare baseline's req/s.
+//! - `GetProduct` **through the gateway** vs directly to the catalog. Goal: ≤ 15 % fewer
+//!   req/s and < 0.5 ms added at p50.
+//!
+//! `cargo bench -p storemesh-benches --bench grpc_load` (full: 3 runs × 5 s per target);
+//! `STOREMESH_BENCH_SMOKE=1` for a 1-run × 1 s smoke pass. Prints a Markdown table.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use storemesh_auth::config::Argon2Config;
+use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_gateway::{GatewayConfig, GatewaySettings};
+use storemesh_mesh::UpstreamConfig;
+use storemesh_proto::auth::v1 as auth_pb;
+use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use storemesh_proto::catalog::v1 as catalog_pb;
+use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use storemesh_runtime::ServerConfig;
+use storemesh_runtime::auth::TokensConfig;
+use storemesh_runtime::redis::RedisConfig;
+use storemesh_testkit::echo::pb::EchoRequest;
+use storemesh_testkit::echo::pb::echo_service_server::EchoServiceServer;
+use storemesh_testkit::echo::{Echo, EchoServiceClient};
+use storemesh_testkit::{RedisServer, RunningHost};
+use tonic::transport::Channel;
+
+const CONCURRENCY: usize = 32;
+const CONNECTIONS: usize = 4;
+
+struct Measurement {
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Runs `CONCURRENCY` callers over `CONNECTIONS` HTTP/2 connections for `duration`.
+async fn load<F, Fut>(channels: &[Channel], duration: Duration, call: F) -> Measurement
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let stop_at = Instant::now() + duration;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let channel = channels[worker % channels.len()].clone();
+        let call = call.clone();
+        workers.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).unwrap();
+            let mut errors = 0_u64;
+            while Instant::now() < stop_at {
+                let begun = Instant::now();
+                if call(channel.clone()).await {
+                    histogram
+                        .record(begun.elapsed().as_micros() as u64)
+                        .unwrap();
+                } else {
+                    errors += 1;
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let mut errors = 0;
+    for worker in workers {
+        let (partial, failed) = worker.await.unwrap();
+        histogram.add(partial).unwrap();
+        errors += failed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Measurement {
+        requests_per_sec: histogram.len() as f64 / elapsed,
+        p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    }
+}
+
+async fn channels(addr: std::net::SocketAddr) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    channels
+}
+
+fn quiet_server() -> ServerConfig {
+    ServerConfig {
+        concurrency_limit: 100_000,
+        ..ServerConfig::default()
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct Summary {
+    name: &'static str,
+    rps: f64,
+    rps_spread: (f64, f64),
+    p50: f64,
+    p99: f64,
+    errors: u64,
+}
+
+fn summarize(name: &'static str, runs: &[Measurement]) -> Summary {
+    let rps: Vec<f64> = runs.iter().map(|m| m.requests_per_sec).collect();
+    Summary {
+        name,
+        rps_spread: (
+            rps.iter().copied().fold(f64::INFINITY, f64::min),
+            rps.iter().copied().fold(0.0, f64::max),
+        ),
+        rps: median(rps),
+        p50: median(runs.iter().map(|m| m.p50_ms).collect()),
+        p99: median(runs.iter().map(|m| m.p99_ms).collect()),
+        errors: runs.iter().map(|m| m.errors).sum(),
+    }
+}
+
+fn main() {
+    let smoke = std::env::var_os("STOREMESH_BENCH_SMOKE").is_some();
+    let (runs, duration) = if smoke {
+        (1, Duration::from_secs(1))
+    } else {
+        (3, Duration::from_secs(5))
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        // Baseline: bare tonic, no layers of ours.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bare_addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(EchoServiceServer::new(Echo))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        // The mesh: Redis, auth, catalog, gateway.
+        let redis = RedisServer::start().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let auth = RunningHost::spawn(
+            storemesh_auth::build(AuthSettings {
+                auth: AuthConfig {
+                    server: quiet_server(),
+                    keys_dir: keys.path().to_path_buf(),
+                    argon2: Argon2Config {
+                        memory_kib: 256,
+                        iterations: 1,
+                        parallelism: 1,
+                    },
+                    ..AuthConfig::default()
+                },
+                redis: RedisConfig {
+                    url: redis.url(),
+                    ..RedisConfig::default()
+                },
+                tokens: TokensConfig::default(),
+            })
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let tokens = TokensConfig {
+            auth_endpoint: auth.endpoint(),
+            ..TokensConfig::default()
+        };
+        let catalog = RunningHost::spawn(
+            storemesh_catalog::build(storemesh_catalog::CatalogSettings {
+                catalog: storemesh_catalog::CatalogConfig {
+                    server: quiet_server(),
+                    ..storemesh_catalog::CatalogConfig::default()
+                },
+                redis: RedisConfig {
+                    url: redis.url(),
+                    ..RedisConfig::default()
+                },
+                tokens: tokens.clone(),
+            })
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let mut gateway_config = GatewayConfig {
+            server: quiet_server(),
+            ..GatewayConfig::default()
+        };
+        gateway_config.rate_limit.per_identity_per_sec = 1_000_000;
+        gateway_config.rate_limit.per_identity_burst = 1_000_000;
+        gateway_config.rate_limit.per_address_per_sec = 1_000_000;
+        gateway_config.rate_limit.per_address_burst = 1_000_000;
+        for (name, host) in [("auth", &auth), ("catalog", &catalog)] {
+            gateway_config
+                .upstreams
+                .insert(name.into(), UpstreamConfig::addresses([host.addr.to_string()]));
+        }
+        let gateway = storemesh_gateway::build(
+            GatewaySettings {
+                gateway: gateway_config,
+                tokens,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+        let gateway_addr = gateway.local_addr().unwrap();
+        tokio::spawn(gateway.run(std::future::pending()));
+
+        let mut auth_client = AuthServiceClient::new(auth.channel().await.unwrap());
+        auth_client
+            .register(auth_pb::RegisterRequest {
+                email: "bench@example.com".into(),
+                password: "benchmark password".into(),
+                display_name: "Bench".into(),
+                role: auth_pb::Role::Seller.into(),
+            })
+            .await
+            .unwrap();
+        let token = auth_client
+            .login(auth_pb::LoginRequest {
+                email: "bench@example.com".into(),
+                password: "benchmark password".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .unwrap()
+            .access_token;
+        let authorization: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {token}").parse().unwrap();
+        let mut create = tonic::Request::new(catalog_pb::CreateProductRequest {
+            title: "Benchmark lamp".into(),
+            description: "A lamp that is fetched a great many times.".into(),
+            price: Some(catalog_pb::Money {
+                amount_minor: 2_500,
+                currency_code: "EUR".into(),
+            }),
+            tags: vec!["lighting".into(), "bench".into()],
+            ..catalog_pb::CreateProductRequest::default()
+        });
+        create
+            .metadata_mut()
+            .insert("authorization", authorization.clone());
+        let product_id = CatalogServiceClient::new(catalog.channel().await.unwrap())
+            .create_product(create)
+            .await
+            .unwrap()
+            .into_inner()
+            .product
+            .unwrap()
+            .id;
+
+        let get_product = {
+            let authorization = authorization.clone();
+            move |channel: Channel| {
+                let mut request = tonic::Request::new(catalog_pb::GetProductRequest {
+                    id: product_id.clone(),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", authorization.clone());
+                async move {
+                    CatalogServiceClient::new(channel)
+                        .get_product(request)
+                        .await
+                        .is_ok()
+                }
+            }
+        };
+        let hello = |channel: Channel| async move {
+            EchoServiceClient::new(channel)
+                .echo(EchoRequest {
+                    message: "hello".into(),
+                    delay_ms: 0,
+                })
+                .await
+                .is_ok()
+        };
+
+        let bare_channels = channels(bare_addr).await;
+        let catalog_channels = channels(catalog.addr).await;
+        let gateway_channels = channels(gateway_addr).await;
+        // Warm-up: connections, JWKS caches, Redis scripts.
+        load(&gateway_channels, Duration::from_millis(300), get_product.clone()).await;
+        let (mut bare, mut direct, mut through) = (Vec::new(), Vec::new(), Vec::new());
+        // Interleaved, so drift in machine load hits every target alike.
+        for _ in 0..runs {
+            bare.push(load(&bare_channels, duration, hello).await);
+            direct.push(load(&catalog_channels, duration, get_product.clone()).await);
+            through.push(load(&gateway_channels, duration, get_product.clone()).await);
+        }
+        let bare = summarize("bare tonic hello (baseline)", &bare);
+        let direct = summarize("GetProduct direct to catalog", &direct);
+        let through = summarize("GetProduct through the gateway", &through);
+
+        println!();
+        println!(
+            "| target | req/s (median) | req/s spread | p50 ms | p99 ms | errors |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for row in [&bare, &direct, &through] {
+            println!(
+                "| {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {} |",
+                row.name, row.rps, row.rps_spread.0, row.rps_spread.1, row.p50, row.p99, row.errors
+            );
+        }
+        println!();
+        println!(
+            "GetProduct / bare tonic: {:.2}× (goal ≥ 0.80×)",
+            direct.rps / bare.rps
+        );
+        println!(
+            "gateway cost: {:.1} % of direct req/s (goal ≤ 15 %), p50 +{:.2} ms (goal < 0.5 ms)",
+            (1.0 - through.rps / direct.rps) * 100.0,
+            through.p50 - direct.p50
+        );
+        println!(
+            "{} runs × {:?}, {CONCURRENCY} concurrent callers over {CONNECTIONS} connections, client and servers in one process",
+            runs, duration
+        );
+        assert_eq!(
+            bare.errors + direct.errors + through.errors,
+            0,
+            "calls failed during the benchmark"
+        );
+        drop((auth, catalog, redis, keys));
+    });
+}
