@@ -13,10 +13,16 @@ pub enum Service {
     Catalog,
     Storage,
     Gateway,
+    /// The embedded Spin-compatible edge runtime (HTTP, not gRPC).
+    Edge,
 }
 
 impl Service {
     /// In start order: the gateway last, once what it routes to is up.
+    ///
+    /// `Edge` is not listed yet: `storemesh up` waits for gRPC health, which the edge runtime
+    /// (plain HTTP) does not answer — it is ready when `GET http://<admin_listen>/readyz` is
+    /// 200 — and it needs the built edge functions and `spin.toml`.
     pub const ALL: &[Service] = &[
         Service::Auth,
         Service::Catalog,
@@ -30,10 +36,12 @@ impl Service {
             Service::Catalog => "catalog",
             Service::Storage => "storage",
             Service::Gateway => "gateway",
+            Service::Edge => "edge",
         }
     }
 
-    /// The service's listener settings, as the service itself will read them.
+    /// The service's listener settings, as the service itself will read them. For the edge
+    /// runtime, `listen` is its HTTP listener (not gRPC) and only the two addresses are set.
     pub fn server_config(self, loader: &ConfigLoader) -> anyhow::Result<ServerConfig> {
         Ok(match self {
             Service::Auth => loader.section::<storemesh_auth::AuthConfig>("auth")?.server,
@@ -51,6 +59,14 @@ impl Service {
                 loader
                     .section::<storemesh_gateway::GatewayConfig>("gateway")?
                     .server
+            }
+            Service::Edge => {
+                let edge = storemesh_edge::EdgeSettings::load(loader)?.edge;
+                ServerConfig {
+                    listen: edge.listen,
+                    admin_listen: edge.admin_listen,
+                    ..ServerConfig::default()
+                }
             }
         })
     }
@@ -85,6 +101,14 @@ pub async fn run(service: Service, config: Option<&Path>) -> anyhow::Result<()> 
                 .await
                 .context("gateway failed to start")?;
             gateway.run(shutdown::signal()).await;
+            return Ok(());
+        }
+        Service::Edge => {
+            let settings = storemesh_edge::EdgeSettings::load(&loader)?;
+            let edge = storemesh_edge::build(&settings.edge)
+                .await
+                .context("edge runtime failed to start")?;
+            edge.run(shutdown::signal()).await?;
             return Ok(());
         }
     };

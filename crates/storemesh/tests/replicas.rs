@@ -159,6 +159,18 @@ async fn a_sigkilled_replica_costs_no_idempotent_call_and_a_new_one_gets_traffic
         "STOREMESH_GATEWAY__UPSTREAMS__CATALOG__REFRESH_INTERVAL_MS".into(),
         "200".into(),
     ));
+    // The load comes from one address and one user: lift the token buckets out of the way.
+    for (key, value) in [
+        ("PER_ADDRESS_PER_SEC", "1000000"),
+        ("PER_ADDRESS_BURST", "1000000"),
+        ("PER_IDENTITY_PER_SEC", "1000000"),
+        ("PER_IDENTITY_BURST", "1000000"),
+    ] {
+        gateway_env.push((
+            format!("STOREMESH_GATEWAY__RATE_LIMIT__{key}"),
+            value.into(),
+        ));
+    }
     let _gateway = serve("gateway", &gateway_ports, &gateway_env);
     for port in [
         auth_ports.grpc,

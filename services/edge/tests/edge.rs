@@ -1,0 +1,801 @@
+//! The edge runtime end to end: real fixture components (built for wasm32-wasip2 from
+//! `edge-functions/fixtures/`), a real runtime on real sockets, a real tonic server for gRPC.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use storemesh_edge::{EdgeConfig, EdgeError, testing};
+use storemesh_runtime::ServerConfig;
+use storemesh_testkit::RunningHost;
+use tokio::sync::oneshot;
+
+// ---- captured logs ----------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of this test binary (one global subscriber, installed once).
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("info,storemesh_edge=debug")
+            .with_writer(move || writer.clone())
+            .try_init();
+        captured
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
+}
+
+// ---- the runtime under test -------------------------------------------------------------------
+
+fn fixture(name: &str) -> String {
+    match testing::fixture(name) {
+        Ok(path) => path.display().to_string(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// `{app}`, `{hello}` and `{bad_import}` in a manifest become the fixtures' paths.
+fn manifest_text(template: &str) -> String {
+    let mut text = template.to_owned();
+    for (placeholder, name) in [
+        ("{app}", "edge-fixture-app"),
+        ("{hello}", "edge-fixture-hello"),
+        ("{bad_import}", "edge-fixture-bad-import"),
+    ] {
+        if text.contains(placeholder) {
+            text = text.replace(placeholder, &fixture(name));
+        }
+    }
+    text
+}
+
+fn test_config(dir: &std::path::Path) -> EdgeConfig {
+    EdgeConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        manifest: dir.join("spin.toml"),
+        max_instances: 16,
+        max_memory_bytes: 64 * 1024 * 1024,
+        execution_timeout_ms: 10_000,
+        // Shared by the tests of this binary so each fixture is compiled once.
+        cache_dir: std::env::temp_dir().join("storemesh-edge-test-cache"),
+        shutdown_grace_ms: 5_000,
+        ..EdgeConfig::default()
+    }
+}
+
+struct Edge {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), EdgeError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Edge {
+    async fn build(manifest: &str, tweak: impl FnOnce(&mut EdgeConfig)) -> Result<Self, EdgeError> {
+        logs();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spin.toml"), manifest_text(manifest)).unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let server = storemesh_edge::build(&config).await?;
+        let addr = server.local_addr().unwrap();
+        let admin = server.admin_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            admin,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    async fn start(manifest: &str, tweak: impl FnOnce(&mut EdgeConfig)) -> Self {
+        match Self::build(manifest, tweak).await {
+            Ok(edge) => edge,
+            Err(error) => panic!("the edge runtime did not start: {error}"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the runtime and waits for its drain.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(15), task).await;
+            assert!(matches!(result, Ok(Ok(Ok(())))), "shutdown failed");
+        }
+    }
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(url: impl Into<String>) -> (u16, String) {
+    let url: String = url.into();
+    let response = client().get(url.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `key=value` lines of a fixture answer.
+fn field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+}
+
+// ---- a plain upstream HTTP server for outbound tests ------------------------------------------
+
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        if request.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(700)).await;
+                        }
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+                            "pong {}",
+                            request.uri().path()
+                        )))))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+const ROUTING: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "routing"
+
+[[trigger.http]]
+route = "/api/..."
+component = "api"
+[[trigger.http]]
+route = "/api/items"
+component = "items-exact"
+[[trigger.http]]
+route = "/api/items/..."
+component = "items"
+[[trigger.http]]
+route = "/products/:product_id/images"
+component = "images"
+[[trigger.http]]
+route = "/"
+component = "root"
+
+[component.api]
+source = "{app}"
+variables = { name = "api" }
+[component.items-exact]
+source = "{app}"
+variables = { name = "items-exact" }
+[component.items]
+source = "{app}"
+variables = { name = "items" }
+[component.images]
+source = "{app}"
+variables = { name = "images" }
+[component.root]
+source = "{app}"
+variables = { name = "root" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_exact_wildcard_and_most_specific() {
+    let edge = Edge::start(ROUTING, |_| {}).await;
+
+    let (status, body) = get(&edge.url("/api/items")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "component"), Some("items-exact"), "{body}");
+    assert_eq!(field(&body, "matched-route"), Some("/api/items"));
+    assert_eq!(field(&body, "path-info"), Some(""));
+
+    let (_, body) = get(&edge.url("/api/items/42/detail?x=1")).await;
+    assert_eq!(field(&body, "component"), Some("items"), "{body}");
+    assert_eq!(field(&body, "path-info"), Some("/42/detail"));
+    assert_eq!(field(&body, "matched-route"), Some("/api/items/..."));
+    assert_eq!(field(&body, "component-route"), Some("/api/items"));
+    assert_eq!(
+        field(&body, "full-url"),
+        Some(format!("http://{}/api/items/42/detail?x=1", edge.addr).as_str())
+    );
+    assert_eq!(field(&body, "client-addr-set"), Some("true"));
+
+    let (_, body) = get(&edge.url("/api/other")).await;
+    assert_eq!(field(&body, "component"), Some("api"), "{body}");
+    assert_eq!(field(&body, "path-info"), Some("/other"));
+    let (_, body) = get(&edge.url("/api")).await;
+    assert_eq!(field(&body, "component"), Some("api"), "{body}");
+
+    let (_, body) = get(&edge.url("/products/p-7/images")).await;
+    assert_eq!(field(&body, "component"), Some("images"), "{body}");
+    assert_eq!(
+        field(&body, "spin-path-match-product_id"),
+        Some("p-7"),
+        "{body}"
+    );
+
+    let (_, body) = get(&edge.url("/")).await;
+    assert_eq!(field(&body, "component"), Some("root"), "{body}");
+
+    for unrouted in ["/apix", "/products/1", "/nothing/here"] {
+        let (status, _) = get(&edge.url(unrouted)).await;
+        assert_eq!(status, 404, "{unrouted}");
+    }
+
+    let (status, body) = get(&edge.url("/.well-known/spin/health")).await;
+    assert_eq!((status, body.as_str()), (200, "OK"));
+    let (status, body) = get(&edge.url("/.well-known/spin/info")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"name\":\"routing\""), "{body}");
+
+    // Admin port: health, readiness and the per-component metrics.
+    let (status, _) = get(&format!("http://{}/healthz", edge.admin)).await;
+    assert_eq!(status, 200);
+    let (status, _) = get(&format!("http://{}/readyz", edge.admin)).await;
+    assert_eq!(status, 200);
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("edge_invocations_total")
+                && l.contains("component=\"items-exact\"")
+                && l.contains("status=\"200\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("edge_instantiation_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("edge_invocation_duration_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_unrouted_requests_total"),
+        "{metrics}"
+    );
+    edge.stop().await;
+}
+
+const VARIABLES: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "variables"
+
+[variables]
+greeting = { default = "hello" }
+region = { default = "eu" }
+api_token = { required = true, secret = true }
+
+[[trigger.http]]
+route = "/..."
+component = "vars"
+
+[component.vars]
+source = "{app}"
+environment = { EDGE_MODE = "test" }
+[component.vars.variables]
+name = "vars"
+greeting = "{{ greeting }}, {{ region }}"
+token = "{{ api_token }}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_defaults_configuration_and_secrets() {
+    let secret = "s3cret-7f1d9c2b";
+    let edge = Edge::start(VARIABLES, |config| {
+        config.variables = BTreeMap::from([
+            ("api_token".to_owned(), secret.to_owned()),
+            ("region".to_owned(), "us".to_owned()),
+        ]);
+    })
+    .await;
+
+    let (status, body) = get(&edge.url("/?action=var&name=greeting")).await;
+    assert_eq!((status, body.as_str()), (200, "hello, us"));
+    // The secret reaches the component...
+    let (status, body) = get(&edge.url("/?action=var&name=token")).await;
+    assert_eq!((status, body.as_str()), (200, secret));
+    // ...application variables are not visible unless mapped into the component...
+    let (status, body) = get(&edge.url("/?action=var&name=api_token")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.starts_with("undefined"), "{body}");
+    // ...and malformed names are `invalid-name`, as in Spin.
+    let (status, body) = get(&edge.url("/?action=var&name=Bad-Name")).await;
+    assert_eq!(status, 400, "{body}");
+    // `environment` is the component's WASI environment.
+    let (status, body) = get(&edge.url("/?action=env&name=EDGE_MODE")).await;
+    assert_eq!((status, body.as_str()), (200, "test"));
+    edge.stop().await;
+
+    // The secret never appears in the logs, the variable names do.
+    let logs = log_text();
+    assert!(!logs.contains(secret), "secret leaked into the logs");
+    assert!(logs.contains("api_token"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_required_variable_fails_the_start_naming_it() {
+    let error = match Edge::build(VARIABLES, |_| {}).await {
+        Ok(_) => panic!("started without a required variable"),
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    assert!(
+        matches!(&error, EdgeError::Variables(storemesh_edge::variables::VariableError::MissingRequired { name }) if name == "api_token"),
+        "{message}"
+    );
+    assert!(message.contains("SPIN_VARIABLE_API_TOKEN"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_errors_name_the_key() {
+    let text = ROUTING.replace("component = \"items\"\n", "component = \"itemz\"\n");
+    let error = Edge::build(&text, |_| {}).await.err().unwrap().to_string();
+    assert!(error.contains("trigger.http[2].component"), "{error}");
+    assert!(error.contains("itemz"), "{error}");
+}
+
+const OUTBOUND: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "outbound"
+
+[variables]
+upstream = { default = "127.0.0.1:1" }
+
+[[trigger.http]]
+route = "/allowed/..."
+component = "allowed"
+[[trigger.http]]
+route = "/templated/..."
+component = "templated"
+[[trigger.http]]
+route = "/sealed/..."
+component = "sealed"
+[[trigger.http]]
+route = "/wrong-port/..."
+component = "wrong-port"
+
+[component.allowed]
+source = "{app}"
+allowed_outbound_hosts = ["http://127.0.0.1:UPSTREAM_PORT"]
+[component.templated]
+source = "{app}"
+allowed_outbound_hosts = ["http://{{ upstream }}"]
+[component.sealed]
+source = "{app}"
+[component.wrong-port]
+source = "{app}"
+allowed_outbound_hosts = ["http://127.0.0.1:1", "https://127.0.0.1:UPSTREAM_PORT", "http://localhost:UPSTREAM_PORT"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_goes_only_to_allowed_hosts() {
+    let upstream = upstream().await;
+    let manifest = OUTBOUND.replace("UPSTREAM_PORT", &upstream.port().to_string());
+    let edge = Edge::start(&manifest, |config| {
+        config.variables = BTreeMap::from([("upstream".to_owned(), upstream.to_string())]);
+    })
+    .await;
+    let target = format!("http://{upstream}/ping");
+
+    for prefix in ["allowed", "templated"] {
+        let (status, body) = get(&edge.url(&format!("/{prefix}/?action=fetch&url={target}"))).await;
+        assert_eq!(status, 200, "{prefix}: {body}");
+        assert!(
+            body.starts_with("status=200\npong /ping"),
+            "{prefix}: {body}"
+        );
+    }
+    for prefix in ["sealed", "wrong-port"] {
+        let (status, body) = get(&edge.url(&format!("/{prefix}/?action=fetch&url={target}"))).await;
+        assert_eq!(status, 502, "{prefix}: {body}");
+        assert!(body.contains("HttpRequestDenied"), "{prefix}: {body}");
+    }
+    let logs = log_text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("outbound request denied") && l.contains("sealed")),
+        "{logs}"
+    );
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("edge_outbound_denied_total")
+                && l.contains("component=\"sealed\"")),
+        "{metrics}"
+    );
+    edge.stop().await;
+}
+
+const GRPC: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "grpc"
+
+[variables]
+echo = { required = true }
+
+[[trigger.http]]
+route = "/..."
+component = "grpc"
+
+[component.grpc]
+source = "{app}"
+allowed_outbound_hosts = ["http://{{ echo }}"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_server_streaming_over_h2c_with_trailers() {
+    let echo = storemesh_testkit::echo::host(ServerConfig::default())
+        .bind()
+        .await
+        .unwrap();
+    let echo = RunningHost::spawn(echo).unwrap();
+    let authority = echo.addr.to_string();
+    let edge = Edge::start(GRPC, |config| {
+        config.variables = BTreeMap::from([("echo".to_owned(), authority.clone())]);
+        config.h2c_prior_knowledge = vec![authority.clone()];
+    })
+    .await;
+
+    let (status, body) = get(&edge.url(&format!(
+        "/?action=grpc&authority={authority}&method=unary&message=hello-edge"
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "http-status"), Some("200"), "{body}");
+    assert_eq!(
+        field(&body, "content-type"),
+        Some("application/grpc"),
+        "{body}"
+    );
+    assert_eq!(field(&body, "grpc-status"), Some("0"), "{body}");
+    assert_eq!(field(&body, "grpc-status-from"), Some("trailers"), "{body}");
+    assert_eq!(field(&body, "messages"), Some("1"), "{body}");
+    assert_eq!(field(&body, "message"), Some("hello-edge"), "{body}");
+
+    let (status, body) = get(&edge.url(&format!(
+        "/?action=grpc&authority={authority}&method=stream&message=tick&count=5"
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "grpc-status"), Some("0"), "{body}");
+    assert_eq!(field(&body, "grpc-status-from"), Some("trailers"), "{body}");
+    assert_eq!(field(&body, "messages"), Some("5"), "{body}");
+    let messages: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("message="))
+        .collect();
+    assert_eq!(
+        messages,
+        ["tick #0", "tick #1", "tick #2", "tick #3", "tick #4"]
+    );
+
+    // A failing call: the status arrives (trailers-only) with the message.
+    let long = "x".repeat(1100);
+    let (status, body) = get(&edge.url(&format!(
+        "/?action=grpc&authority={authority}&method=unary&message={long}"
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "grpc-status"), Some("3"), "{body}");
+    assert_eq!(field(&body, "messages"), Some("0"), "{body}");
+
+    edge.stop().await;
+    echo.stop().await;
+}
+
+/// An HTTP/2-only (prior knowledge) server answering every call with one gRPC message naming
+/// the request's HTTP version, and `grpc-status: 0` in the trailers.
+async fn h2_only_grpc_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", request.version());
+                        let _ = request.into_body().collect().await;
+                        // EchoResponse { message = version }, gRPC-framed.
+                        let mut message = vec![0x0a, version.len() as u8];
+                        message.extend_from_slice(version.as_bytes());
+                        let mut framed = vec![0, 0, 0, 0, message.len() as u8];
+                        framed.extend_from_slice(&message);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let frames = futures::stream::iter([
+                            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(framed))),
+                            Ok(http_body::Frame::trailers(trailers)),
+                        ]);
+                        let mut response =
+                            http::Response::new(http_body_util::StreamBody::new(frames));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/grpc"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+const H2C: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "h2c"
+
+[[trigger.http]]
+route = "/..."
+component = "caller"
+
+[component.caller]
+source = "{app}"
+allowed_outbound_hosts = ["http://127.0.0.1:*", "http://localhost:*"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_applies_to_exactly_the_listed_authorities() {
+    let server = h2_only_grpc_server().await;
+    let listed = format!("127.0.0.1:{}", server.port());
+    let unlisted = format!("localhost:{}", server.port());
+    let edge = Edge::start(H2C, |config| {
+        config.h2c_prior_knowledge = vec![listed.clone()];
+    })
+    .await;
+
+    let (status, body) = get(&edge.url(&format!(
+        "/?action=grpc&authority={listed}&method=unary&message=x"
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "message"), Some("HTTP/2.0"), "{body}");
+    assert_eq!(field(&body, "grpc-status"), Some("0"), "{body}");
+    assert_eq!(field(&body, "grpc-status-from"), Some("trailers"), "{body}");
+
+    // The same server under another name is spoken to with HTTP/1.1, which it refuses.
+    let (status, body) = get(&edge.url(&format!(
+        "/?action=grpc&authority={unlisted}&method=unary&message=x"
+    )))
+    .await;
+    assert_eq!(status, 502, "{body}");
+    edge.stop().await;
+}
+
+const LIMITS: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "limits"
+
+[[trigger.http]]
+route = "/..."
+component = "limited"
+
+[component.limited]
+source = "{app}"
+variables = { name = "limited" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_time_limits_stop_only_the_offending_instance() {
+    let edge = Edge::start(LIMITS, |config| {
+        config.max_memory_bytes = 32 * 1024 * 1024;
+        config.execution_timeout_ms = 1_500;
+    })
+    .await;
+
+    // Within the limit: fine.
+    let (status, body) = get(&edge.url("/?action=alloc&mib=8")).await;
+    assert_eq!(status, 200, "{body}");
+
+    let started = Instant::now();
+    let spinning = tokio::spawn(get(edge.url("/?action=loop")));
+    let hog = tokio::spawn(get(edge.url("/?action=alloc&mib=64")));
+    // Meanwhile, ordinary requests are answered promptly.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..20 {
+        let sent = Instant::now();
+        let (status, body) = get(&edge.url("/?action=info")).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            sent.elapsed() < Duration::from_millis(1_000),
+            "a concurrent request took {:?}",
+            sent.elapsed()
+        );
+    }
+
+    let (status, body) = hog.await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("memory limit"), "{body}");
+
+    let (status, body) = spinning.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("time limit"), "{body}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_400) && elapsed < Duration::from_secs(5),
+        "the loop was stopped after {elapsed:?}"
+    );
+
+    // The runtime is still healthy afterwards.
+    let (status, _) = get(&edge.url("/?action=info")).await;
+    assert_eq!(status, 200);
+
+    let logs = log_text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("component=limited") && l.contains("memory limit exceeded")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("component=limited") && l.contains("execution time limit exceeded")),
+        "{logs}"
+    );
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    for kind in ["memory_limit", "timeout"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("edge_errors_total")
+                && l.contains("component=\"limited\"")
+                && l.contains(&format!("kind=\"{kind}\""))),
+            "{kind}: {metrics}"
+        );
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_beyond_the_pool_are_refused_with_503() {
+    let edge = Edge::start(LIMITS, |config| {
+        config.max_instances = 1;
+        config.execution_timeout_ms = 1_000;
+    })
+    .await;
+    let spinning = tokio::spawn(get(edge.url("/?action=loop")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = get(&edge.url("/?action=info")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many"), "{body}");
+    let (status, _) = spinning.await.unwrap();
+    assert_eq!(status, 503);
+    // The slot is free again.
+    let (status, _) = get(&edge.url("/?action=info")).await;
+    assert_eq!(status, 200);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stdout_and_stderr_are_logged_with_the_component_id() {
+    let edge = Edge::start(LIMITS, |_| {}).await;
+    let (status, _) = get(&edge.url("/?action=log&text=marker-4d2a")).await;
+    assert_eq!(status, 200);
+    edge.stop().await;
+    let logs = log_text();
+    for stream in ["stdout", "stderr"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("{stream}: marker-4d2a"))
+                    && l.contains("component=limited")
+                    && l.contains(&format!("stream=\"{stream}\""))),
+            "{stream}: {logs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_importing_what_the_runtime_lacks_is_refused_at_load() {
+    let manifest = r#"
+spin_manifest_version = 2
+[application]
+name = "bad"
+[[trigger.http]]
+route = "/..."
+component = "bad-import"
+[component.bad-import]
+source = "{bad_import}"
+"#;
+    let error = match Edge::build(manifest, |_| {}).await {
+        Ok(_) => panic!("a component with unsupported imports was loaded"),
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    assert!(
+        matches!(error, EdgeError::UnsupportedImports { .. }),
+        "{message}"
+    );
+    assert!(message.contains("bad-import"), "{message}");
+    assert!(
+        message.contains("storemesh:made-up/greeter@0.1.0"),
+        "{message}"
+    );
+    assert!(message.contains("wasi:sockets/tcp@0.2"), "{message}");
+    // What it does provide is not listed as missing.
+    assert!(!message.contains("wasi:io/poll"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let upstream = upstream().await;
+    let manifest = OUTBOUND.replace("UPSTREAM_PORT", &upstream.port().to_string());
+    let edge = Edge::start(&manifest, |_| {}).await;
+    let url = edge.url(&format!(
+        "/allowed/?action=fetch&url=http://{upstream}/slow"
+    ));
+    let in_flight = tokio::spawn(get(url));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = edge.addr;
+    let stopping = tokio::spawn(edge.stop());
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pong /slow"), "{body}");
+    stopping.await.unwrap();
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
