@@ -238,13 +238,25 @@ impl Upstream {
         Ok(found)
     }
 
-    fn pick(&self, now: Instant) -> Option<Arc<Endpoint>> {
+    /// Power of two choices among selectable endpoints, avoiding the ones this call already
+    /// tried when any other is left (a retry goes to another replica).
+    fn pick(&self, now: Instant, tried: &[String]) -> Option<Arc<Endpoint>> {
         let endpoints = self.read_endpoints();
-        let candidates: Vec<&Endpoint> = endpoints
+        let selectable: Vec<&Endpoint> = endpoints
             .iter()
             .map(Arc::as_ref)
             .filter(|endpoint| endpoint.selectable(now))
             .collect();
+        let untried: Vec<&Endpoint> = selectable
+            .iter()
+            .copied()
+            .filter(|endpoint| !tried.contains(&endpoint.authority))
+            .collect();
+        let candidates = if untried.is_empty() {
+            selectable
+        } else {
+            untried
+        };
         let chosen = pick_two(&candidates, &mut rand::thread_rng())?;
         endpoints
             .iter()
@@ -320,6 +332,7 @@ impl Upstream {
 
         let replayable = body.replayable();
         let mut attempt = 0_u32;
+        let mut tried: Vec<String> = Vec::new();
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -327,7 +340,7 @@ impl Upstream {
                     "deadline exceeded before an upstream answered",
                 ));
             }
-            let Some(endpoint) = self.pick(now) else {
+            let Some(endpoint) = self.pick(now, &tried) else {
                 return status_response(tonic::Status::unavailable(format!(
                     "no available endpoint for {}",
                     self.name
@@ -357,6 +370,7 @@ impl Upstream {
                 }
             }
 
+            tried.push(endpoint.authority.clone());
             let in_flight = endpoint.begin(now);
             let mut record = self.record(&endpoint, now);
             let result =
