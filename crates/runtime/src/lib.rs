@@ -21,6 +21,7 @@ pub mod server;
 pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 
 pub use config::{ConfigError, ConfigLoader, ServerConfig};
 pub use error::{FieldViolation, ServiceError, ServiceResult};

@@ -1,7 +1,7 @@
 //! `storemesh.auth.v1.AuthService`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use storemesh_proto::auth::v1 as pb;
 use storemesh_runtime::auth::{Authorize, TokensConfig, caller};
 use storemesh_runtime::error::Violations;
+use storemesh_runtime::time;
 use storemesh_runtime::{ServiceError, ServiceResult};
 use storemesh_tokens::{Claims, Identity, Role, scopes};
 use tonic::{Request, Response, Status};
@@ -34,30 +35,6 @@ pub struct AuthApi {
     pub(crate) tokens: TokensConfig,
 }
 
-fn now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn timestamp_secs(seconds: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
-}
-
-fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
 pub fn role_to_proto(role: Role) -> pb::Role {
     match role {
         Role::Customer => pb::Role::Customer,
@@ -73,7 +50,7 @@ fn user_to_proto(user: &UserRecord) -> pb::User {
         email: user.email.clone(),
         display_name: user.display_name.clone(),
         role: role_to_proto(user.role).into(),
-        create_time: Some(timestamp_ms(user.created_ms)),
+        create_time: Some(time::timestamp_from_ms(user.created_ms)),
     }
 }
 
@@ -147,7 +124,7 @@ impl AuthApi {
         scope: String,
         ttl_secs: u64,
     ) -> ServiceResult<(String, u64)> {
-        let issued = now().as_secs();
+        let issued = time::since_epoch().as_secs();
         let expires = issued + ttl_secs;
         let claims = Claims {
             iss: self.tokens.issuer.clone(),
@@ -181,15 +158,15 @@ impl AuthApi {
         )?;
         Ok(pb::TokenPair {
             access_token,
-            access_token_expire_time: Some(timestamp_secs(access_expires)),
+            access_token_expire_time: Some(time::timestamp_from_secs(access_expires)),
             refresh_token,
-            refresh_token_expire_time: Some(timestamp_ms(refresh_expires_ms)),
+            refresh_token_expire_time: Some(time::timestamp_from_ms(refresh_expires_ms)),
             token_type: "Bearer".into(),
         })
     }
 
     fn refresh_ttl_ms(&self) -> i64 {
-        millis(Duration::from_secs(self.config.refresh_token_ttl_secs))
+        time::duration_ms(Duration::from_secs(self.config.refresh_token_ttl_secs))
     }
 
     /// Creates the configured admin, or makes the existing account admin with the configured
@@ -224,7 +201,7 @@ impl AuthApi {
                     display_name: self.config.admin_display_name.clone(),
                     role: Role::Admin,
                     password_hash: self.hasher.hash(password).await?,
-                    created_ms: millis(now()),
+                    created_ms: time::now_ms(),
                 };
                 self.store.create_user(&user).await?;
                 tracing::info!(user = %user.id, "admin account created");
@@ -267,7 +244,7 @@ fn principal(identity: &Identity, user: Option<&UserRecord>) -> pb::Principal {
         scopes: identity.scopes.iter().cloned().collect(),
         email: user.map(|u| u.email.clone()).unwrap_or_default(),
         display_name: user.map(|u| u.display_name.clone()).unwrap_or_default(),
-        expire_time: Some(timestamp_secs(identity.expires_at)),
+        expire_time: Some(time::timestamp_from_secs(identity.expires_at)),
     }
 }
 
@@ -322,7 +299,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
             display_name,
             role,
             password_hash: self.hasher.hash(request.password).await?,
-            created_ms: millis(now()),
+            created_ms: time::now_ms(),
         };
         if !self.store.create_user(&user).await? {
             return Err(ServiceError::AlreadyExists("an account with this email".into()).into());
@@ -378,7 +355,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         };
 
         let (refresh_token, refresh_hash) = new_refresh_token();
-        let refresh_expires = millis(now()) + self.refresh_ttl_ms();
+        let refresh_expires = time::now_ms() + self.refresh_ttl_ms();
         let family = ulid::Ulid::new().to_string();
         self.store
             .start_family(
@@ -412,7 +389,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         .await?;
 
         let (new_token, new_hash) = new_refresh_token();
-        let now_ms = millis(now());
+        let now_ms = time::now_ms();
         let new_expires = now_ms + self.refresh_ttl_ms();
         let outcome = self
             .store
@@ -475,7 +452,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         if let Some(identity) = identity {
             let remaining = identity
                 .expires_at
-                .saturating_sub(now().as_secs())
+                .saturating_sub(time::since_epoch().as_secs())
                 .saturating_add(self.tokens.leeway_secs);
             self.store
                 .deny_access_token(&identity.token_id, remaining)
@@ -517,7 +494,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
                 alg: "EdDSA".into(),
                 x: key.x.clone(),
                 r#use: "sig".into(),
-                not_after: not_after.map(timestamp_secs),
+                not_after: not_after.map(time::timestamp_from_secs),
             })
             .collect();
         Ok(Response::new(pb::GetPublicKeysResponse {
@@ -601,7 +578,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         tracing::info!(client_id = %request.client_id, "service token issued");
         Ok(Response::new(pb::IssueServiceTokenResponse {
             access_token,
-            expire_time: Some(timestamp_secs(expires)),
+            expire_time: Some(time::timestamp_from_secs(expires)),
             scopes,
         }))
     }

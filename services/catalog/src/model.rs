@@ -6,19 +6,7 @@ use serde::{Deserialize, Serialize};
 use storemesh_proto::catalog::v1 as pb;
 use storemesh_runtime::{ServiceError, ServiceResult};
 
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub use storemesh_runtime::time::{now_ms, timestamp_from_ms as timestamp};
 
 /// A fresh opaque etag.
 pub fn new_etag() -> String {

@@ -5,8 +5,6 @@
 //! the same Redis script that commits the change (see `store`), so an event exists exactly
 //! when its change was committed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prost::Message;
 use storemesh_proto::events::v1 as pb;
 use storemesh_proto::storage::v1::ObjectInfo;
@@ -60,15 +58,7 @@ impl Outgoing {
     }
 }
 
-pub fn now_timestamp() -> prost_types::Timestamp {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
-    }
-}
+pub use storemesh_runtime::time::now_timestamp;
 
 fn envelope(
     kind: pb::EventType,

@@ -191,17 +191,8 @@ fn object_key(key: &str) -> String {
     format!("{OBJECT}{key}")
 }
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub fn now_ms() -> i64 {
-    millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
+use storemesh_runtime::time::duration_ms as millis;
+pub use storemesh_runtime::time::now_ms;
 
 fn decode_info(bytes: &[u8]) -> ServiceResult<ObjectInfo> {
     ObjectInfo::decode(bytes).map_err(ServiceError::internal)
