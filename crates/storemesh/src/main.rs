@@ -3,7 +3,10 @@
 //! - `storemesh serve <service>` runs one service in the foreground (what Kubernetes runs).
 //! - `storemesh up` runs the whole system on this machine as child processes.
 //! - `storemesh auth rotate-key` rotates the token signing key.
+//! - `storemesh register|login|logout|products|upload|images` are the client: what a seller or
+//!   a script (`--json`) uses against a running system.
 
+mod client;
 mod serve;
 mod up;
 
@@ -44,6 +47,57 @@ enum Command {
     Gateway {
         #[command(subcommand)]
         command: GatewayCommand,
+    },
+    /// Create a user account (seller or customer).
+    Register {
+        #[arg(long)]
+        email: String,
+        /// The password; read from stdin when absent.
+        #[arg(long, env = "STOREMESH_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Shown name [default: the part of the email before `@`].
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long, value_enum, default_value = "seller")]
+        role: client::RegisterRole,
+        #[command(flatten)]
+        opts: client::ClientOpts,
+    },
+    /// Sign in and save the session for the other client commands.
+    Login {
+        #[arg(long)]
+        email: String,
+        /// The password; read from stdin when absent.
+        #[arg(long, env = "STOREMESH_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        opts: client::ClientOpts,
+    },
+    /// Revoke the saved session and forget it.
+    Logout {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+    },
+    /// Create, list and show products.
+    Products {
+        #[command(subcommand)]
+        command: client::ProductsCommand,
+        #[command(flatten)]
+        opts: client::ClientOpts,
+    },
+    /// Upload a product image through the upload hook (streamed, with a progress bar).
+    Upload {
+        #[command(flatten)]
+        args: client::UploadArgs,
+        #[command(flatten)]
+        opts: client::ClientOpts,
+    },
+    /// Show images, or wait until one is READY or FAILED.
+    Images {
+        #[command(subcommand)]
+        command: client::ImagesCommand,
+        #[command(flatten)]
+        opts: client::ClientOpts,
     },
 }
 
@@ -100,6 +154,45 @@ fn main() -> ExitCode {
             Command::Gateway {
                 command: GatewayCommand::DevCert { out, hosts },
             } => dev_cert(&out, &hosts),
+            Command::Register {
+                email,
+                password,
+                display_name,
+                role,
+                opts,
+            } => {
+                let password = client::password(password)?;
+                let display_name = display_name
+                    .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned());
+                client::Client::connect(&opts)
+                    .await?
+                    .register(email, password, display_name, role)
+                    .await
+            }
+            Command::Login {
+                email,
+                password,
+                opts,
+            } => {
+                let password = client::password(password)?;
+                client::Client::connect(&opts)
+                    .await?
+                    .login(email, password)
+                    .await
+            }
+            Command::Logout { opts } => client::Client::connect(&opts).await?.logout().await,
+            Command::Products { command, opts } => {
+                client::Client::connect(&opts)
+                    .await?
+                    .products(command)
+                    .await
+            }
+            Command::Upload { args, opts } => {
+                client::Client::connect(&opts).await?.upload(args).await
+            }
+            Command::Images { command, opts } => {
+                client::Client::connect(&opts).await?.images(command).await
+            }
         }
     });
     match result {
