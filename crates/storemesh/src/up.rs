@@ -4,8 +4,10 @@
 //! then every service as a child process (`storemesh serve <name>`), with their logs prefixed
 //! and interleaved on stdout. It waits until each answers gRPC health, prints the endpoints and
 //! the local admin credentials, and stops everything cleanly on Ctrl-C (or SIGTERM). A port in
-//! use or a child that dies at start fails the whole command at once, naming the culprit.
+//! use or a child that dies at start fails the whole command at once, naming the culprit; a child
+//! that dies later is restarted (with backoff when it keeps dying), as a process supervisor would.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,10 +38,57 @@ pub struct UpArgs {
 
 const ADMIN_EMAIL: &str = "admin@storemesh.local";
 
+/// How to start one child again: `up` restarts children that die after start.
+#[derive(Clone)]
+struct ChildSpec {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+impl ChildSpec {
+    fn new(name: &str, program: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.to_owned(),
+            program: program.into(),
+            args: Vec::new(),
+            envs: Vec::new(),
+        }
+    }
+
+    fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(key, value)| (key, value)));
+        command
+    }
+}
+
 struct Running {
     name: String,
     child: Child,
+    spec: ChildSpec,
+    started: Instant,
+    /// Consecutive quick deaths, for the restart backoff.
+    quick_deaths: u32,
 }
+
+/// A child that ran at least this long before dying is restarted at once; quicker deaths back
+/// off exponentially, and `up` gives up after `MAX_QUICK_DEATHS` in a row.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+const MAX_QUICK_DEATHS: u32 = 5;
 
 /// Children are stopped in reverse start order (services first, Redis last) whatever happens.
 struct Children(Vec<Running>);
@@ -67,6 +116,42 @@ impl Children {
             }
         }
         self.0.clear();
+    }
+
+    /// Restarts every child that has died since the last look, like a process supervisor: at
+    /// once after a healthy run, with exponential backoff after quick deaths, and gives up
+    /// (stopping everything) when one keeps dying.
+    async fn restart_exited(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.0.len() {
+            let status = match self.0[index].child.try_wait() {
+                Ok(Some(status)) => status,
+                Ok(None) => continue,
+                Err(error) => bail!("cannot watch {}: {error}", self.0[index].name),
+            };
+            let (spec, quick_deaths) = {
+                let dead = &self.0[index];
+                let quick = dead.started.elapsed() < HEALTHY_RUN;
+                let deaths = if quick { dead.quick_deaths + 1 } else { 0 };
+                (dead.spec.clone(), deaths)
+            };
+            if quick_deaths > MAX_QUICK_DEATHS {
+                bail!(
+                    "{} keeps exiting ({status}, {quick_deaths} times in a row); stopping everything",
+                    spec.name
+                );
+            }
+            let delay = Duration::from_millis(250) * 2_u32.pow(quick_deaths.min(6));
+            println!(
+                "{:>8} | exited ({status}); restarting in {} ms",
+                spec.name,
+                delay.as_millis()
+            );
+            tokio::time::sleep(delay).await;
+            let mut restarted = spawn(spec)?;
+            restarted.quick_deaths = quick_deaths;
+            self.0[index] = restarted;
+        }
+        Ok(())
     }
 
     /// The first child that has exited, with its status.
@@ -107,7 +192,9 @@ fn relay(name: &str, stream: impl std::io::Read + Send + 'static) {
     });
 }
 
-fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
+fn spawn(spec: ChildSpec) -> anyhow::Result<Running> {
+    let name = spec.name.as_str();
+    let mut command = spec.command();
     use std::io::IsTerminal;
     use std::os::unix::process::CommandExt;
     // Own process group: a terminal's Ctrl-C reaches only `up`, which then stops the
@@ -134,6 +221,9 @@ fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Running> {
     Ok(Running {
         name: name.to_owned(),
         child,
+        started: Instant::now(),
+        quick_deaths: 0,
+        spec,
     })
 }
 
@@ -256,12 +346,10 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             std::fs::create_dir_all(&redis_dir)?;
             let port = args.redis_port.to_string();
             children.0.push(spawn(
-                "redis",
-                Command::new("redis-server")
+                ChildSpec::new("redis", "redis-server")
                     .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
                     .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-                    .arg("--dir")
-                    .arg(&redis_dir),
+                    .args([OsString::from("--dir"), redis_dir.into_os_string()]),
             )?);
             let url = format!("redis://127.0.0.1:{}", args.redis_port);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -326,8 +414,7 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     }
     let executable = std::env::current_exe().context("cannot find the storemesh executable")?;
     for (service, _) in &servers {
-        let mut command = Command::new(&executable);
-        command
+        let mut spec = ChildSpec::new(service.name(), &executable)
             .args(["serve", service.name()])
             .env("STOREMESH_REDIS__URL", &redis_url)
             .env("STOREMESH_AUTH__KEYS_DIR", data_dir.join("auth/keys"))
@@ -336,12 +423,14 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             .env(
                 "STOREMESH_STORAGE__DATA_DIR",
                 data_dir.join("storage/objects"),
-            )
-            .envs(cross_env.iter().map(|(key, value)| (key, value)));
-        if let Some(config) = config {
-            command.env("STOREMESH_CONFIG", config);
+            );
+        for (key, value) in &cross_env {
+            spec = spec.env(key, value);
         }
-        children.0.push(spawn(service.name(), &mut command)?);
+        if let Some(config) = config {
+            spec = spec.env("STOREMESH_CONFIG", config);
+        }
+        children.0.push(spawn(spec)?);
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
@@ -385,8 +474,8 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         tokio::select! {
             () = storemesh_runtime::shutdown::signal() => break Ok(()),
             () = tokio::time::sleep(Duration::from_millis(200)) => {
-                if let Some((name, status)) = children.exited() {
-                    break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping everything"));
+                if let Err(error) = children.restart_exited().await {
+                    break Err(error);
                 }
             }
         }

@@ -99,6 +99,33 @@ impl Up {
     }
 }
 
+/// The pid of `up`'s child running `storemesh serve <service>` (from /proc).
+fn child_pid(up_pid: u32, service: &str) -> u32 {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the `(comm)`: state, ppid, ...
+        let Some(after_comm) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let parent: u32 = after_comm.split(' ').nth(1).unwrap().parse().unwrap();
+        let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let arguments: Vec<&[u8]> = command_line.split(|b| *b == 0).collect();
+        if parent == up_pid
+            && arguments
+                .windows(2)
+                .any(|pair| pair == [b"serve", service.as_bytes()])
+        {
+            return pid;
+        }
+    }
+    panic!("no child running serve {service}");
+}
+
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -200,6 +227,43 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
     assert_eq!(product.product.unwrap().title, "Lamp");
     assert!(data.path().join("auth/keys/current.pem").is_file());
     assert!(data.path().join("redis").is_dir());
+
+    // A child that dies is restarted by `up`, and the system answers again.
+    let catalog_pid = child_pid(up.child.id(), "catalog");
+    let status = Command::new("kill")
+        .args(["-KILL", &catalog_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    up.wait_for("catalog | exited", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut request = tonic::Request::new(CreateProductRequest {
+            title: "Lamp again".into(),
+            price: Some(Money {
+                amount_minor: 1,
+                currency_code: "EUR".into(),
+            }),
+            ..CreateProductRequest::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match catalog.create_product(request).await {
+            Ok(_) => break,
+            Err(status) => assert!(
+                Instant::now() < deadline,
+                "catalog not back: {status:?}\n{}",
+                up.output.join("\n")
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(
+        child_pid(up.child.id(), "catalog"),
+        catalog_pid,
+        "a new process"
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &up.child.id().to_string()])
