@@ -18,16 +18,14 @@ pub enum Service {
 }
 
 impl Service {
-    /// In start order: the gateway last, once what it routes to is up.
-    ///
-    /// `Edge` is not listed yet: `storemesh up` waits for gRPC health, which the edge runtime
-    /// (plain HTTP) does not answer — it is ready when `GET http://<admin_listen>/readyz` is
-    /// 200 — and it needs the built edge functions and `spin.toml`.
+    /// In start order: the gateway once what it routes to is up, then the edge functions,
+    /// which call the mesh through the gateway.
     pub const ALL: &[Service] = &[
         Service::Auth,
         Service::Catalog,
         Service::Storage,
         Service::Gateway,
+        Service::Edge,
     ];
 
     pub fn name(self) -> &'static str {

@@ -23,6 +23,8 @@ use storemesh_runtime::ConfigLoader;
 
 use crate::serve::Service;
 
+mod edge;
+
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Where Redis data, signing keys and stored objects live.
@@ -243,28 +245,94 @@ fn service_account_env(
     if !auth.service_accounts.is_empty() {
         return Ok(Vec::new());
     }
-    let accounts: &[(&str, &[&str])] = &[("catalog", &["storage.delete:products"])];
+    // (client id, scopes, where its user reads the id and the secret)
+    let accounts: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "catalog",
+            &["storage.delete:products"],
+            "STOREMESH_CATALOG__SERVICE_CLIENT_ID",
+            "STOREMESH_CATALOG__SERVICE_CLIENT_SECRET",
+        ),
+        (
+            "thumbnail",
+            &[
+                "storage.read",
+                "storage.write:thumbnails",
+                "catalog.read",
+                "catalog.write:variants",
+            ],
+            "STOREMESH_EDGE__VARIABLES__THUMBNAIL_CLIENT_ID",
+            "STOREMESH_EDGE__VARIABLES__THUMBNAIL_CLIENT_SECRET",
+        ),
+    ];
     let mut entries = Vec::new();
     let mut env = Vec::new();
-    for (client_id, scopes) in accounts {
+    for (client_id, scopes, id_env, secret_env) in accounts {
         let secret = stored_secret(&data_dir.join("secrets").join(client_id))?;
         let scopes: Vec<String> = scopes.iter().map(|scope| format!("\"{scope}\"")).collect();
         entries.push(format!(
             "{{client_id=\"{client_id}\", client_secret=\"{secret}\", scopes=[{}]}}",
             scopes.join(", ")
         ));
-        let prefix = format!("STOREMESH_{}", client_id.to_uppercase());
-        env.push((
-            format!("{prefix}__SERVICE_CLIENT_ID"),
-            (*client_id).to_owned(),
-        ));
-        env.push((format!("{prefix}__SERVICE_CLIENT_SECRET"), secret));
+        env.push(((*id_env).to_owned(), (*client_id).to_owned()));
+        env.push(((*secret_env).to_owned(), secret));
     }
     env.push((
         "STOREMESH_AUTH__SERVICE_ACCOUNTS".into(),
         format!("[{}]", entries.join(", ")),
     ));
     Ok(env)
+}
+
+/// What the edge runtime needs from the rest of the system: the gateway to call, the token
+/// settings to verify users with, the delivery-signing secret shared with the dispatcher, and
+/// a manifest whose components are built.
+fn edge_env(
+    loader: &ConfigLoader,
+    data_dir: &Path,
+    gateway: Option<SocketAddr>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let edge_config = storemesh_edge::EdgeSettings::load(loader)?.edge;
+    let tokens: storemesh_runtime::auth::TokensConfig = loader.section("tokens")?;
+    let manifest = edge::prepare(&edge_config.manifest, &data_dir.join("edge"))?;
+    let mut env = vec![
+        (
+            "STOREMESH_EDGE__MANIFEST".to_owned(),
+            manifest.display().to_string(),
+        ),
+        (
+            "STOREMESH_EDGE__CACHE_DIR".to_owned(),
+            data_dir.join("edge/cache").display().to_string(),
+        ),
+        (
+            "STOREMESH_EDGE__VARIABLES__TOKEN_ISSUER".to_owned(),
+            tokens.issuer,
+        ),
+        (
+            "STOREMESH_EDGE__VARIABLES__TOKEN_AUDIENCE".to_owned(),
+            tokens.audience,
+        ),
+        (
+            "STOREMESH_EDGE__VARIABLES__DELIVERY_SIGNING_SECRET".to_owned(),
+            delivery_secret(data_dir)?,
+        ),
+    ];
+    if let Some(mut gateway) = gateway {
+        // A gateway listening on every interface is reached on loopback.
+        if gateway.ip().is_unspecified() {
+            gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        env.push((
+            "STOREMESH_EDGE__VARIABLES__GATEWAY_URL".to_owned(),
+            format!("http://{gateway}"),
+        ));
+    }
+    Ok(env)
+}
+
+/// The HMAC secret the dispatcher signs deliveries with and the functions verify.
+fn delivery_secret(data_dir: &Path) -> anyhow::Result<String> {
+    stored_secret(&data_dir.join("secrets").join("delivery-signing"))
 }
 
 /// A random secret kept in `path` (created with mode 0600 on first use).
@@ -295,6 +363,32 @@ fn redis_answers(url: &str) -> bool {
         .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(300)))
         .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
         .is_ok()
+}
+
+/// gRPC health for the gRPC services; the edge runtime (plain HTTP) answers `/readyz` on its
+/// admin port.
+async fn ready(service: Service, server: &storemesh_runtime::ServerConfig) -> bool {
+    match service {
+        Service::Edge => http_ready(server.admin_listen).await,
+        _ => serving(server.listen).await,
+    }
+}
+
+async fn http_ready(mut admin: SocketAddr) -> bool {
+    if admin.ip().is_unspecified() {
+        admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+    else {
+        return false;
+    };
+    client
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
 }
 
 async fn serving(addr: SocketAddr) -> bool {
@@ -328,7 +422,12 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for service in Service::ALL {
         let server = service.server_config(&loader)?;
-        ensure_free(server.listen, &format!("{} gRPC", service.name()))?;
+        let protocol = if *service == Service::Edge {
+            "HTTP"
+        } else {
+            "gRPC"
+        };
+        ensure_free(server.listen, &format!("{} {protocol}", service.name()))?;
         ensure_free(server.admin_listen, &format!("{} admin", service.name()))?;
         servers.push((*service, server));
     }
@@ -394,6 +493,9 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         ));
     }
     cross_env.extend(service_account_env(&loader, &data_dir)?);
+    if servers.iter().any(|(service, _)| *service == Service::Edge) {
+        cross_env.extend(edge_env(&loader, &data_dir, address_of(Service::Gateway))?);
+    }
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
     for (service, upstream) in [
         (Service::Auth, "auth"),
@@ -435,7 +537,7 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
     for (service, server) in &servers {
-        while !serving(server.listen).await {
+        while !ready(*service, server).await {
             if let Some((name, status)) = children.exited() {
                 bail!("{name} exited at start ({status}); see its log lines above");
             }
@@ -454,7 +556,7 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     println!("Storemesh is up.");
     println!(
         "  {:<10} {:<24} {:<24}",
-        "service", "gRPC", "admin (/metrics)"
+        "service", "listen", "admin (/metrics)"
     );
     for (service, server) in &servers {
         println!(
@@ -465,6 +567,15 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         );
     }
     println!("  {:<10} {redis_url}", "redis");
+    if let Some((_, edge)) = servers
+        .iter()
+        .find(|(service, _)| *service == Service::Edge)
+    {
+        println!(
+            "  uploads: POST http://{}/v1/products/<product id>/images (or `storemesh upload`)",
+            edge.listen
+        );
+    }
     println!("  admin login: {ADMIN_EMAIL} / {password}");
     println!("  data: {}", data_dir.display());
     println!("Ctrl-C stops everything.");
