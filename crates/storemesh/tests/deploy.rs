@@ -161,7 +161,10 @@ fn kubernetes_env_sets() -> Vec<EnvSet> {
                     .find_map(|kind| get(source, &[kind, "name"]).and_then(Value::as_str))
                     .unwrap();
                 let files = sources.get(name).unwrap_or_else(|| {
-                    panic!("{overlay}: {} reads {name}, which nothing generates", args[1])
+                    panic!(
+                        "{overlay}: {} reads {name}, which nothing generates",
+                        args[1]
+                    )
                 });
                 for file in files {
                     env.extend(env_file(file));
@@ -181,11 +184,7 @@ fn kubernetes_env_sets() -> Vec<EnvSet> {
 fn compose_env_sets() -> Vec<EnvSet> {
     let compose = &yaml_documents(&deploy().join("compose/docker-compose.yaml"))[0];
     let mut sets = Vec::new();
-    for (_, service) in compose
-        .get("services")
-        .and_then(Value::as_mapping)
-        .unwrap()
-    {
+    for (_, service) in compose.get("services").and_then(Value::as_mapping).unwrap() {
         let command = strings(service.get("command"));
         if command.first().map(String::as_str) != Some("serve") {
             continue;
@@ -211,14 +210,19 @@ fn compose_env_sets() -> Vec<EnvSet> {
             env,
         });
     }
-    assert!(sets.len() >= 6, "expected every service in the compose file");
+    assert!(
+        sets.len() >= 6,
+        "expected every service in the compose file"
+    );
     sets
 }
 
 /// Variables that are not `STOREMESH_*` but that a process reads.
 fn foreign_variable_is_known(key: &str) -> bool {
-    matches!(key, "REDIS_URL" | "OTEL_EXPORTER_OTLP_ENDPOINT" | "RUST_LOG")
-        || key.starts_with("AWS_")
+    matches!(
+        key,
+        "REDIS_URL" | "OTEL_EXPORTER_OTLP_ENDPOINT" | "RUST_LOG"
+    ) || key.starts_with("AWS_")
         || key.starts_with("SPIN_VARIABLE_")
 }
 
@@ -247,7 +251,10 @@ fn spin_variables() -> (BTreeSet<String>, bool) {
         "max_upload_bytes",
         "max_pixels",
     ];
-    (agreed.iter().map(|name| (*name).to_owned()).collect(), false)
+    (
+        agreed.iter().map(|name| (*name).to_owned()).collect(),
+        false,
+    )
 }
 
 fn dispatcher_exists() -> bool {
@@ -279,43 +286,45 @@ fn validate_in_child(service: &str) -> Result<(), String> {
         other => return Err(format!("no settings check for `storemesh serve {other}`")),
     };
     sections.extend(owned.iter().map(|name| (*name).to_owned()));
-    let fail = |error: storemesh_runtime::ConfigError| error.to_string();
+    let mut errors = Vec::new();
     for section in &sections {
-        match section.as_str() {
-            "telemetry" => drop(
-                loader
-                    .section::<storemesh_runtime::telemetry::TelemetryConfig>("telemetry")
-                    .map_err(fail)?,
-            ),
-            "redis" => drop(
-                loader
-                    .section::<storemesh_runtime::redis::RedisConfig>("redis")
-                    .map_err(fail)?,
-            ),
-            "tokens" => drop(
-                loader
-                    .section::<storemesh_runtime::auth::TokensConfig>("tokens")
-                    .map_err(fail)?,
-            ),
-            "auth" => drop(storemesh_auth::AuthSettings::load(&loader).map_err(fail)?),
-            "catalog" => drop(storemesh_catalog::CatalogSettings::load(&loader).map_err(fail)?),
-            "storage" => drop(storemesh_storage::StorageSettings::load(&loader).map_err(fail)?),
-            "gateway" => drop(storemesh_gateway::GatewaySettings::load(&loader).map_err(fail)?),
-            "edge" => drop(storemesh_edge::EdgeSettings::load(&loader).map_err(fail)?),
+        let loaded = match section.as_str() {
+            "telemetry" => loader
+                .section::<storemesh_runtime::telemetry::TelemetryConfig>("telemetry")
+                .map(drop),
+            "redis" => loader
+                .section::<storemesh_runtime::redis::RedisConfig>("redis")
+                .map(drop),
+            "tokens" => loader
+                .section::<storemesh_runtime::auth::TokensConfig>("tokens")
+                .map(drop),
+            "auth" => storemesh_auth::AuthSettings::load(&loader).map(drop),
+            "catalog" => storemesh_catalog::CatalogSettings::load(&loader).map(drop),
+            "storage" => storemesh_storage::StorageSettings::load(&loader).map(drop),
+            "gateway" => storemesh_gateway::GatewaySettings::load(&loader).map(drop),
+            "edge" => storemesh_edge::EdgeSettings::load(&loader).map(drop),
             // Checked by the parent (PENDING until `storemesh serve dispatcher` exists).
-            "dispatcher" => {}
+            "dispatcher" => Ok(()),
             unknown => {
-                return Err(format!(
+                errors.push(format!(
                     "STOREMESH_{}__*: no service reads a section `{unknown}`",
                     unknown.to_uppercase()
                 ));
+                Ok(())
             }
+        };
+        if let Err(error) = loaded {
+            errors.push(error.to_string());
         }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
     }
     Ok(())
 }
 
-const CHILD: &str = "STOREMESH_DEPLOY_TEST_CHILD";
+/// Names the service to check in child mode (not `STOREMESH_*`: the loader would read it).
+const CHILD: &str = "DEPLOY_TEST_CHILD_SERVICE";
 
 #[test]
 fn deployment_configuration_loads_into_the_real_settings() {
@@ -559,7 +568,9 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
     Some((status, body))
 }
 
@@ -611,7 +622,8 @@ source = "{app}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alert_rules_name_only_metrics_the_services_export() {
     let rules = alert_selectors();
-    let fixture = storemesh_edge::testing::fixture("edge-fixture-app").unwrap_or_else(|e| panic!("{e}"));
+    let fixture =
+        storemesh_edge::testing::fixture("edge-fixture-app").unwrap_or_else(|e| panic!("{e}"));
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = || free_port().unwrap();
@@ -636,7 +648,10 @@ async fn alert_rules_name_only_metrics_the_services_export() {
     ));
     // One call at a time, so a burst of logins (Argon2id at its default cost) is shed and
     // grpc_server_shed_total exists.
-    auth_env.push(("STOREMESH_AUTH__SERVER__CONCURRENCY_LIMIT".into(), "1".into()));
+    auth_env.push((
+        "STOREMESH_AUTH__SERVER__CONCURRENCY_LIMIT".into(),
+        "1".into(),
+    ));
     let _auth = serve("auth", &auth_env);
 
     let mut catalog_env = common.clone();
