@@ -244,11 +244,11 @@ fn spin_variables() -> (BTreeSet<String>, bool) {
         "grpc_transport",
         "token_issuer",
         "token_audience",
-        "service_client_id",
-        "service_client_secret",
+        "thumbnail_client_id",
+        "thumbnail_client_secret",
         "delivery_signing_secret",
         "thumbnail_sizes",
-        "max_upload_bytes",
+        "upload_max_bytes",
         "max_pixels",
     ];
     (
