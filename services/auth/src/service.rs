@@ -80,15 +80,16 @@ fn check_refresh_token(token: &str) -> ServiceResult<()> {
     Ok(())
 }
 
-/// The caller's address: the TCP peer, or the first `x-forwarded-for` hop behind a trusted
-/// gateway.
+/// The caller's address: the TCP peer, or, behind a trusted gateway, the last `x-forwarded-for`
+/// hop — the one the gateway appended. Earlier entries come from the client and could be forged
+/// to dodge the per-address rate limits.
 fn client_address<T>(request: &Request<T>, trust_forwarded_for: bool) -> String {
     if trust_forwarded_for
         && let Some(forwarded) = request
             .metadata()
             .get("x-forwarded-for")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
+            .and_then(|value| value.rsplit(',').next())
             .map(str::trim)
             .filter(|value| !value.is_empty())
     {
@@ -650,5 +651,21 @@ impl pb::auth_service_server::AuthService for AuthApi {
             users: users.iter().map(user_to_proto).collect(),
             next_page_token,
         }))
+    }
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::client_address;
+
+    #[test]
+    fn trusted_forwarded_for_uses_the_hop_the_gateway_appended() {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", "6.6.6.6, 10.0.0.5".parse().unwrap());
+        assert_eq!(client_address(&request, true), "10.0.0.5");
+        // Untrusted: the header is ignored (no TCP peer in a unit test).
+        assert_eq!(client_address(&request, false), "unknown");
     }
 }
