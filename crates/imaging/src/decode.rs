@@ -144,6 +144,17 @@ fn decode_with_image(
     let (width, height) = decoder.dimensions();
     // The decoder's own header parse is authoritative (the prefix probe is a first check).
     limits.check_pixels(width, height)?;
+    // `image` enforces `max_alloc` in `ImageReader::decode`, not in `DynamicImage::from_decoder`
+    // (needed here for the orientation), so reserve the pixel buffer, plus the 8-bit copy when
+    // the layout needs converting, against the limit here.
+    let color = decoder.color_type();
+    let conversion = match color {
+        image::ColorType::L8 | image::ColorType::Rgb8 | image::ColorType::Rgba8 => 0,
+        _ => u64::from(width) * u64::from(height) * 4,
+    };
+    if decoder.total_bytes().saturating_add(conversion) > max_alloc {
+        return Err(ImagingError::MemoryLimit { max: max_alloc });
+    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image =
         DynamicImage::from_decoder(decoder).map_err(|e| ImagingError::from_image(e, max_alloc))?;
