@@ -40,7 +40,7 @@ fn component_imports(bytes: &[u8]) -> Vec<String> {
             Payload::End(_) => depth -= 1,
             Payload::ComponentImportSection(reader) if depth == 1 => {
                 for import in reader {
-                    imports.push(import.unwrap().name.0.to_owned());
+                    imports.push(import.unwrap().name.name.to_owned());
                 }
             }
             _ => {}

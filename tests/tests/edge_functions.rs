@@ -453,3 +453,464 @@ async fn an_idempotency_key_gives_the_same_image_on_retry() {
     assert_eq!(originals, 1, "the retry stored the original again");
     system.stop().await;
 }
+
+// ---- thumbnail -------------------------------------------------------------------------------
+
+const THUMBNAIL_PATH: &str = "/internal/thumbnail";
+
+/// Uploads through the upload hook and returns `(image id, original key)`.
+async fn upload_image(
+    system: &System,
+    seller: &Seller,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> (String, String) {
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            content_type,
+            bytes,
+        )
+        .await;
+    expect_status(&answer, 201);
+    let body = answer.json();
+    (
+        body["image_id"].as_str().unwrap().to_owned(),
+        body["storage_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Stores an original directly (as the admin, bypassing the upload hook's checks) and attaches
+/// it, as a hostile client that got past the hook would leave it.
+async fn plant_original(
+    system: &System,
+    seller: &Seller,
+    image_id: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let key = format!("products/{}/originals/{image_id}", seller.product);
+    let messages = vec![
+        storage_pb::UploadRequest {
+            payload: Some(storage_pb::upload_request::Payload::Header(
+                storage_pb::UploadHeader {
+                    target: Some(storage_pb::upload_header::Target::Key(key.clone())),
+                    content_type: content_type.into(),
+                    ..storage_pb::UploadHeader::default()
+                },
+            )),
+        },
+        storage_pb::UploadRequest {
+            payload: Some(storage_pb::upload_request::Payload::Chunk(
+                bytes.clone().into(),
+            )),
+        },
+    ];
+    system
+        .storage_client()
+        .await
+        .upload(bearer(futures::stream::iter(messages), &system.admin_token))
+        .await
+        .unwrap();
+    system
+        .catalog_client()
+        .await
+        .attach_image(bearer(
+            catalog_pb::AttachImageRequest {
+                product_id: seller.product.clone(),
+                image_id: image_id.into(),
+                storage_key: key.clone(),
+                content_type: content_type.into(),
+                size_bytes: bytes.len() as u64,
+                width: 100,
+                height: 100,
+            },
+            &seller.token,
+        ))
+        .await
+        .unwrap();
+    key
+}
+
+async fn deliver(system: &System, key: &str, attempt: u32) -> Answer {
+    let event = system
+        .event_for(key)
+        .unwrap_or_else(|| panic!("no event for {key}"));
+    let (body, headers) = system.signed_delivery(&event, attempt);
+    post_delivery(system, body, headers).await
+}
+
+async fn post_delivery(system: &System, body: Vec<u8>, headers: Vec<(String, String)>) -> Answer {
+    let headers: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    http::request(
+        system.edge.unwrap(),
+        "POST",
+        THUMBNAIL_PATH,
+        &headers,
+        Some(body),
+    )
+    .await
+}
+
+struct Variant {
+    name: String,
+    key: String,
+    width: u32,
+    height: u32,
+    content_type: String,
+}
+
+/// Checks a `created` answer against storage and returns its variants.
+async fn created_variants(system: &System, answer: &Answer, image_id: &str) -> Vec<Variant> {
+    expect_status(answer, 200);
+    let body = answer.json();
+    assert_eq!(body["result"], Value::from("created"), "{body}");
+    assert_eq!(body["image_id"], Value::from(image_id), "{body}");
+    let mut variants = Vec::new();
+    for variant in body["variants"].as_array().unwrap() {
+        let variant = Variant {
+            name: variant["name"].as_str().unwrap().into(),
+            key: variant["storage_key"].as_str().unwrap().into(),
+            width: u32::try_from(variant["width"].as_u64().unwrap()).unwrap(),
+            height: u32::try_from(variant["height"].as_u64().unwrap()).unwrap(),
+            content_type: variant["content_type"].as_str().unwrap().into(),
+        };
+        let (info, bytes) = download(system, &variant.key).await.unwrap();
+        assert_eq!(info.content_type, variant.content_type);
+        assert_eq!(info.metadata["variant"], variant.name);
+        assert_eq!(info.metadata["width"], variant.width.to_string());
+        assert_eq!(info.metadata["height"], variant.height.to_string());
+        let decoded = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (variant.width, variant.height),
+            "{}",
+            variant.key
+        );
+        variants.push(variant);
+    }
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|variant| variant.name.as_str())
+        .collect();
+    assert_eq!(names, ["w160", "w320", "w640"]);
+    variants
+}
+
+fn expected_key(seller: &Seller, image_id: &str, name: &str, extension: &str) -> String {
+    format!(
+        "products/{}/thumbnails/{image_id}/{name}.{extension}",
+        seller.product
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thumbnails_for_every_format_orientation_alpha_and_tiny_images() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    for (content_type, bytes) in [
+        ("image/jpeg", images::jpeg(1200, 900)),
+        ("image/png", images::png(1200, 900)),
+        ("image/webp", images::webp(1200, 900)),
+        ("image/gif", images::gif(1200, 900)),
+    ] {
+        let (image_id, key) = upload_image(&system, &seller, content_type, bytes).await;
+        let answer = deliver(&system, &key, 1).await;
+        let variants = created_variants(&system, &answer, &image_id).await;
+        let dimensions: Vec<(u32, u32)> = variants.iter().map(|v| (v.width, v.height)).collect();
+        assert_eq!(
+            dimensions,
+            [(160, 120), (320, 240), (640, 480)],
+            "{content_type}"
+        );
+        for variant in &variants {
+            // Opaque input: JPEG variants at the deterministic keys.
+            assert_eq!(variant.content_type, "image/jpeg", "{content_type}");
+            assert_eq!(
+                variant.key,
+                expected_key(&seller, &image_id, &variant.name, "jpg")
+            );
+        }
+    }
+
+    // EXIF orientation 6: stored 400x200, displayed 200x400.
+    let (image_id, key) = upload_image(
+        &system,
+        &seller,
+        "image/jpeg",
+        images::jpeg_with_orientation(400, 200, 6),
+    )
+    .await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    let dimensions: Vec<(u32, u32)> = variants.iter().map(|v| (v.width, v.height)).collect();
+    assert_eq!(dimensions, [(80, 160), (160, 320), (200, 400)]);
+
+    // Transparency survives: PNG variants.
+    let (image_id, key) = upload_image(
+        &system,
+        &seller,
+        "image/png",
+        images::png_with_alpha(800, 400),
+    )
+    .await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    for variant in &variants {
+        assert_eq!(variant.content_type, "image/png");
+        assert_eq!(
+            variant.key,
+            expected_key(&seller, &image_id, &variant.name, "png")
+        );
+        let (_, bytes) = download(&system, &variant.key).await.unwrap();
+        let decoded = image::load_from_memory(&bytes).unwrap().to_rgba8();
+        assert_eq!(
+            decoded.get_pixel(0, 0)[3],
+            0,
+            "the transparent half stays transparent"
+        );
+        assert_eq!(decoded.get_pixel(decoded.width() - 1, 0)[3], 255);
+    }
+
+    // Smaller than every size: never upscaled.
+    let (image_id, key) = upload_image(&system, &seller, "image/png", images::png(50, 40)).await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    assert!(variants.iter().all(|v| (v.width, v.height) == (50, 40)));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivery_overwrites_nothing_and_duplicates_nothing() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) =
+        upload_image(&system, &seller, "image/jpeg", images::jpeg(640, 480)).await;
+    let first = deliver(&system, &key, 1).await;
+    let first_variants = created_variants(&system, &first, &image_id).await;
+    let events_before = system.events().len();
+    let mut etags = Vec::new();
+    for variant in &first_variants {
+        etags.push(download(&system, &variant.key).await.unwrap().0.etag);
+    }
+    for attempt in 2..=3 {
+        let again = deliver(&system, &key, attempt).await;
+        let variants = created_variants(&system, &again, &image_id).await;
+        let keys: Vec<&str> = variants.iter().map(|v| v.key.as_str()).collect();
+        let first_keys: Vec<&str> = first_variants.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, first_keys);
+    }
+    // Same objects (same versions), no new events, exactly one object per size.
+    for (variant, etag) in first_variants.iter().zip(&etags) {
+        assert_eq!(&download(&system, &variant.key).await.unwrap().0.etag, etag);
+    }
+    assert_eq!(
+        system.events().len(),
+        events_before,
+        "a redelivery produced storage events"
+    );
+    let listed = system
+        .storage_client()
+        .await
+        .list(bearer(
+            storage_pb::ListRequest {
+                prefix: format!("products/{}/thumbnails/{image_id}/", seller.product),
+                ..storage_pb::ListRequest::default()
+            },
+            &system.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_originals_fail_cleanly_and_the_runtime_carries_on() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let good = images::jpeg(1000, 700);
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            "image/jpeg",
+            images::truncated(&good, good.len() / 3),
+            "truncated",
+        ),
+        (
+            "garbage",
+            "image/jpeg",
+            images::jpeg_magic_then_garbage(50_000),
+            "",
+        ),
+        // 3.6 GP declared: refused from the header.
+        (
+            "bomb-pixels",
+            "image/png",
+            images::png_bomb(60_000, 60_000, 8),
+            "too_many_pixels",
+        ),
+        // 49 MP RGBA (196 MB decoded) within the pixel limit: refused before allocating.
+        (
+            "bomb-memory",
+            "image/png",
+            images::png_bomb(7_000, 7_000, 64),
+            "",
+        ),
+    ];
+    for (index, (name, content_type, bytes, kind)) in cases.into_iter().enumerate() {
+        let image_id = format!("hostile{index}");
+        let key = plant_original(&system, &seller, &image_id, content_type, bytes).await;
+        let answer = deliver(&system, &key, 1).await;
+        expect_status(&answer, 422);
+        let body = answer.json();
+        assert_eq!(body["result"], Value::from("failed"), "{name}: {body}");
+        if !kind.is_empty() {
+            assert_eq!(body["kind"], Value::from(kind), "{name}: {body}");
+        }
+        let image = system.image(&image_id).await.unwrap();
+        assert_eq!(image.state(), catalog_pb::ImageState::Failed, "{name}");
+        assert!(!image.failure_reason.is_empty(), "{name}");
+        // No thumbnail was written.
+        assert!(
+            system
+                .events()
+                .iter()
+                .all(|event| !event.subject.contains(&format!("/thumbnails/{image_id}/"))),
+            "{name} left thumbnails"
+        );
+        // A redelivery of a failed image is acknowledged without work.
+        let again = deliver(&system, &key, 2).await;
+        expect_status(&again, 200);
+        assert_eq!(again.json()["result"], Value::from("skipped"), "{name}");
+    }
+    // The runtime is unaffected: a good image right after works.
+    let (image_id, key) = upload_image(&system, &seller, "image/jpeg", good).await;
+    created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+
+    // Zero bytes never get as far as storage.
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            "image/jpeg",
+            Vec::new(),
+        )
+        .await;
+    expect_error(&answer, 400, "bad_request");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthentic_deliveries_are_refused_and_other_events_ignored() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) = upload_image(&system, &seller, "image/png", images::png(300, 200)).await;
+    let event = system.event_for(&key).unwrap();
+    let now = storemesh_system_tests::unix_now();
+
+    // Signed with another secret.
+    let (body, headers) =
+        storemesh_system_tests::signed_delivery(&event, 1, now, b"another-secret-0123456789");
+    expect_error(
+        &post_delivery(&system, body, headers).await,
+        401,
+        "invalid_signature",
+    );
+    // Stale: signed with the right secret, outside the replay window.
+    let (body, headers) = storemesh_system_tests::signed_delivery(
+        &event,
+        1,
+        now - 3_600,
+        storemesh_system_tests::DELIVERY_SECRET.as_bytes(),
+    );
+    expect_error(
+        &post_delivery(&system, body, headers).await,
+        401,
+        "invalid_signature",
+    );
+    // A valid signature over another body.
+    let (mut body, headers) = system.signed_delivery(&event, 1);
+    body.push(0);
+    expect_error(
+        &post_delivery(&system, body, headers).await,
+        401,
+        "invalid_signature",
+    );
+    // No signature at all.
+    let (body, _) = system.signed_delivery(&event, 1);
+    expect_error(
+        &post_delivery(
+            &system,
+            body,
+            vec![("content-type".into(), "application/x-protobuf".into())],
+        )
+        .await,
+        401,
+        "invalid_signature",
+    );
+    // Nothing was produced by any of them.
+    assert!(
+        system
+            .events()
+            .iter()
+            .all(|e| !e.subject.contains("/thumbnails/"))
+    );
+
+    // The real delivery works; the thumbnails' own events are acknowledged and ignored.
+    created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    let thumbnail_key = expected_key(&seller, &image_id, "w160", "png");
+    let thumbnail_key = if system.event_for(&thumbnail_key).is_some() {
+        thumbnail_key
+    } else {
+        expected_key(&seller, &image_id, "w160", "jpg")
+    };
+    let answer = deliver(&system, &thumbnail_key, 1).await;
+    expect_status(&answer, 200);
+    assert_eq!(answer.json()["result"], Value::from("ignored"));
+
+    // An image deleted (with its original) before its delivery: nothing to do.
+    system
+        .catalog_client()
+        .await
+        .delete_image(bearer(
+            catalog_pb::DeleteImageRequest {
+                image_id: image_id.clone(),
+            },
+            &seller.token,
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while download(&system, &key).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog never deleted the original"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // (`event` is the original's `created` event: the newest one about the key is the deletion.)
+    let (body, headers) = system.signed_delivery(&event, 2);
+    let answer = post_delivery(&system, body, headers).await;
+    expect_status(&answer, 200);
+    assert_eq!(answer.json()["result"], Value::from("skipped"));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thumbnails_over_native_grpc_h2c() {
+    let system = System::start_with(Options {
+        transport: EdgeTransport::Grpc,
+        ..Options::default()
+    })
+    .await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) =
+        upload_image(&system, &seller, "image/jpeg", images::jpeg(900, 600)).await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    assert_eq!(variants[2].width, 640);
+    system.stop().await;
+}
