@@ -113,12 +113,12 @@ fn gif(width: u16, height: u16, colors: &[[u8; 3]]) -> Vec<u8> {
     {
         let mut encoder = gif::Encoder::new(&mut out, width, height, &[]).unwrap();
         for color in colors {
-            let mut pixels: Vec<u8> =
+            let pixels: Vec<u8> =
                 std::iter::repeat_n(color, usize::from(width) * usize::from(height))
                     .flatten()
                     .copied()
                     .collect();
-            let frame = gif::Frame::from_rgb(width, height, &mut pixels);
+            let frame = gif::Frame::from_rgb(width, height, &pixels);
             encoder.write_frame(&frame).unwrap();
         }
     }
