@@ -31,7 +31,11 @@ fn in_state(state: pb::ImageState) -> pb::ListImagesRequest {
 }
 
 fn ids(response: &pb::ListImagesResponse) -> Vec<&str> {
-    response.images.iter().map(|image| image.id.as_str()).collect()
+    response
+        .images
+        .iter()
+        .map(|image| image.id.as_str())
+        .collect()
 }
 
 #[tokio::test]
@@ -81,7 +85,9 @@ async fn images_move_between_states_and_are_listed_by_update_time() {
         (pb::ImageState::Ready, vec!["img-a"]),
         (pb::ImageState::Failed, vec!["img-b"]),
     ] {
-        let listed = list(&mut client, &admin.token, in_state(state)).await.unwrap();
+        let listed = list(&mut client, &admin.token, in_state(state))
+            .await
+            .unwrap();
         assert_eq!(ids(&listed), expected, "{state:?}");
         assert!(listed.images.iter().all(|image| image.state() == state));
     }
@@ -150,7 +156,13 @@ async fn pages_are_stable_and_tokens_bound_to_their_filter() {
     let reader = harness.service("reader").await;
     let product = create(&mut client, &seller.token, new_product("Chair", &[])).await;
     for n in 0..7 {
-        attach(&mut client, &seller.token, &product.id, &format!("page-{n}")).await;
+        attach(
+            &mut client,
+            &seller.token,
+            &product.id,
+            &format!("page-{n}"),
+        )
+        .await;
     }
     let mut seen = Vec::new();
     let mut token = String::new();
