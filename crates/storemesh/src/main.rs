@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Storage events: the dispatcher's dead-letter stream, and `tail`.
+    Events {
+        #[command(subcommand)]
+        command: storemesh_dispatcher::cli::EventsCommand,
+    },
     /// Gateway administration.
     Gateway {
         #[command(subcommand)]
@@ -100,6 +105,10 @@ fn main() -> ExitCode {
             Command::Gateway {
                 command: GatewayCommand::DevCert { out, hosts },
             } => dev_cert(&out, &hosts),
+            Command::Events { command } => {
+                let loader = storemesh_runtime::ConfigLoader::load(cli.config.as_deref())?;
+                Ok(storemesh_dispatcher::cli::run(command, &loader).await?)
+            }
         }
     });
     match result {

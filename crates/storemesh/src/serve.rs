@@ -15,6 +15,8 @@ pub enum Service {
     Gateway,
     /// The embedded Spin-compatible edge runtime (HTTP, not gRPC).
     Edge,
+    /// The event dispatcher (storage events → edge functions and mesh services).
+    Dispatcher,
 }
 
 impl Service {
@@ -37,6 +39,7 @@ impl Service {
             Service::Storage => "storage",
             Service::Gateway => "gateway",
             Service::Edge => "edge",
+            Service::Dispatcher => "dispatcher",
         }
     }
 
@@ -58,6 +61,11 @@ impl Service {
             Service::Gateway => {
                 loader
                     .section::<storemesh_gateway::GatewayConfig>("gateway")?
+                    .server
+            }
+            Service::Dispatcher => {
+                loader
+                    .section::<storemesh_dispatcher::DispatcherConfig>("dispatcher")?
                     .server
             }
             Service::Edge => {
@@ -101,6 +109,14 @@ pub async fn run(service: Service, config: Option<&Path>) -> anyhow::Result<()> 
                 .await
                 .context("gateway failed to start")?;
             gateway.run(shutdown::signal()).await;
+            return Ok(());
+        }
+        Service::Dispatcher => {
+            let settings = storemesh_dispatcher::DispatcherSettings::load(&loader)?;
+            let dispatcher = storemesh_dispatcher::build(settings)
+                .await
+                .context("dispatcher failed to start")?;
+            dispatcher.run(shutdown::signal()).await?;
             return Ok(());
         }
         Service::Edge => {
