@@ -291,13 +291,6 @@ impl DeadLetters {
             .ok_or_else(|| DlqError::NotFound(id.to_owned()))
     }
 
-    pub async fn len(&self) -> Result<u64, DlqError> {
-        Ok(redis::cmd("XLEN")
-            .arg(&self.dlq)
-            .query_async(&mut self.redis.clone())
-            .await?)
-    }
-
     /// Moves the dead letter back to delivery: a retry due now, attempt 1, exempt from the age
     /// limit, for the same target. Returns it.
     pub async fn replay(&self, id: &str) -> Result<DeadLetter, DlqError> {

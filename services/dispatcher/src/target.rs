@@ -39,7 +39,7 @@ pub struct Target {
 }
 
 enum Deliver {
-    Http(HttpTarget),
+    Http(Box<HttpTarget>),
     RecordVariant(RecordVariantTarget),
     /// Reconcilers are run by the scheduler, never with an event.
     None,
@@ -47,7 +47,7 @@ enum Deliver {
 
 impl Target {
     pub fn http(name: &str, settings: TargetSettings, http: HttpTarget) -> Self {
-        Self::new(name, TargetKind::Http, settings, Deliver::Http(http))
+        Self::new(name, TargetKind::Http, settings, Deliver::Http(Box::new(http)))
     }
 
     pub fn record_variant(name: &str, settings: TargetSettings, grpc: RecordVariantTarget) -> Self {
