@@ -510,6 +510,48 @@ mod tests {
     }
 
     #[test]
+    fn rules_and_schedules_from_toml() {
+        let toml = r#"
+[dispatcher]
+signing_secrets = ["0123456789abcdef", "fedcba9876543210"]
+
+[dispatcher.targets.audit]
+kind = "http"
+url = "http://10.0.0.2:8080/audit"
+timeout_ms = 5000
+concurrency = 2
+max_attempts = 10
+
+[[dispatcher.routes]]
+name = "deletes"
+events = ["EVENT_TYPE_OBJECT_DELETED", "ObjectCreated"]
+key_prefix = "products/"
+key_suffix = ".jpg"
+target = "audit"
+
+[[dispatcher.schedules]]
+name = "nightly"
+schedule = "cron(0 3 * * *)"
+target = "reconciler"
+"#;
+        let config: DispatcherConfig = ConfigLoader::from_toml_str(toml)
+            .section("dispatcher")
+            .unwrap();
+        assert_eq!(config.routes.len(), 1, "given rules replace the defaults");
+        assert_eq!(
+            config.routes[0].events,
+            [EventKind::ObjectDeleted, EventKind::ObjectCreated]
+        );
+        assert_eq!(config.targets["audit"].max_attempts, Some(10));
+        assert_eq!(config.schedules[0].name, "nightly");
+        let table = RouteTable::new(&config.routes, &config.targets).unwrap();
+        assert_eq!(
+            table.targets_for(EventKind::ObjectDeleted, "products/p/x.jpg"),
+            ["audit"]
+        );
+    }
+
+    #[test]
     fn errors_name_the_full_key() {
         let cases = [
             ("[dispatcher]\nbatch_size = 0\n", "dispatcher.batch_size"),

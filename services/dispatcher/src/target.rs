@@ -47,7 +47,12 @@ enum Deliver {
 
 impl Target {
     pub fn http(name: &str, settings: TargetSettings, http: HttpTarget) -> Self {
-        Self::new(name, TargetKind::Http, settings, Deliver::Http(Box::new(http)))
+        Self::new(
+            name,
+            TargetKind::Http,
+            settings,
+            Deliver::Http(Box::new(http)),
+        )
     }
 
     pub fn record_variant(name: &str, settings: TargetSettings, grpc: RecordVariantTarget) -> Self {
