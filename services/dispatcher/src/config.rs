@@ -26,7 +26,8 @@ pub struct DispatcherConfig {
     /// Consumer group shared by every dispatcher instance.
     pub group: String,
     /// This instance's consumer name; empty = `{hostname}-{pid}-{random}`, unique per start.
-    /// Must be unique among running instances.
+    /// Must be unique among running instances. A stable name (e.g. a StatefulSet pod name)
+    /// lets a restarted instance resume its own unacknowledged events at once.
     pub consumer: String,
     /// The dead-letter stream.
     pub dlq_stream: String,

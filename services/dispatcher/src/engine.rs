@@ -610,6 +610,25 @@ impl Inner {
     async fn claim_loop(self: Arc<Self>, stop: Shutdown) {
         let mut tasks = JoinSet::new();
         let interval = Duration::from_millis(self.config.claim_interval_ms);
+        // With a stable consumer name (`dispatcher.consumer`), a restarted instance resumes
+        // what it had read before it died at once instead of after `claim_idle_ms`.
+        match self.own_pending().await {
+            Ok(entries) => {
+                if !entries.is_empty() {
+                    tracing::info!(
+                        count = entries.len(),
+                        "resuming events read before a restart"
+                    );
+                }
+                for entry in entries {
+                    let Some(permit) = self.permit(&stop).await else {
+                        break;
+                    };
+                    self.spawn_entry(&mut tasks, entry, permit);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read this consumer's pending events"),
+        }
         while !stop.is_triggered() {
             while tasks.try_join_next().is_some() {}
             if let Err(error) = self.renew_leases().await {
@@ -669,6 +688,23 @@ impl Inner {
                 .ignore();
         }
         pipe.query_async::<()>(&mut self.redis.clone()).await
+    }
+
+    /// Entries this consumer read earlier and never acknowledged (its pending list).
+    async fn own_pending(&self) -> redis::RedisResult<Vec<StreamId>> {
+        let options = StreamReadOptions::default()
+            .group(&self.config.group, &self.consumer)
+            .count(self.config.max_in_flight);
+        let reply: Option<StreamReadReply> = redis::AsyncCommands::xread_options(
+            &mut self.redis.clone(),
+            &[&self.config.stream],
+            &["0"],
+            &options,
+        )
+        .await?;
+        Ok(reply
+            .map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect())
+            .unwrap_or_default())
     }
 
     async fn autoclaim(&self) -> redis::RedisResult<Vec<StreamId>> {

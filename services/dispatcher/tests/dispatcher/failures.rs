@@ -234,6 +234,42 @@ async fn a_crashed_instance_loses_no_event() {
 }
 
 #[tokio::test]
+async fn a_restarted_instance_with_a_stable_name_resumes_its_events_at_once() {
+    let server = RedisServer::start().unwrap();
+    let mut redis = redis(&server).await;
+    let target = HttpTarget::start().await;
+    target.script([Answer::Slow(Duration::from_secs(30))]);
+    let mut config = config(&target.url("/fn"));
+    config.consumer = "dispatcher-0".into();
+    // Far beyond the test: only resuming its own pending list can redeliver in time.
+    config.claim_idle_ms = 600_000;
+    let first = Running::start(settings(&server, config.clone())).await;
+    let event = created("products/p/originals/restart", &[], "image/jpeg");
+    publish(&mut redis, &event).await;
+    eventually(
+        "the delivery is in flight",
+        Duration::from_secs(10),
+        || async { !target.deliveries_of(&event.id).is_empty() },
+    )
+    .await;
+    first.crash();
+    let restarted = Running::start(settings(&server, config)).await;
+    assert_eq!(restarted.consumer, "dispatcher-0");
+    eventually(
+        "the restarted instance delivers it again",
+        Duration::from_secs(10),
+        || async { target.deliveries_of(&event.id).len() >= 2 },
+    )
+    .await;
+    eventually("and acknowledges it", Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        async move { pending(&mut redis).await == 0 }
+    })
+    .await;
+    restarted.stop().await;
+}
+
+#[tokio::test]
 async fn a_retry_scheduled_before_a_crash_is_delivered_by_another_instance() {
     let server = RedisServer::start().unwrap();
     let mut redis = redis(&server).await;
