@@ -395,11 +395,16 @@ impl Inner {
                 attempt - 1,
             );
         };
-        let event_ms = event.time.as_ref().map_or(0, |time| {
-            time.seconds.saturating_mul(1_000) + i64::from(time.nanos / 1_000_000)
-        });
+        // Without a commit time (not a storage event) the age is unknown: no age limit.
+        let event_ms = event
+            .time
+            .as_ref()
+            .map(|time| time.seconds.saturating_mul(1_000) + i64::from(time.nanos / 1_000_000));
         let max_age = Duration::from_secs(self.config.max_event_age_secs);
-        if !replay && too_old(event_ms, now_ms(), max_age) {
+        if let Some(event_ms) = event_ms
+            && !replay
+            && too_old(event_ms, now_ms(), max_age)
+        {
             metrics::delivered(target_name, "dead_letter");
             tracing::warn!(event = %event.id, target = target_name, "event older than max_event_age_secs dead-lettered");
             return resolution(
@@ -431,9 +436,11 @@ impl Inner {
         match &decision {
             Decision::Done => {
                 metrics::delivered(target_name, "success");
-                let age = (now_ms() - event_ms).max(0) as f64 / 1_000.0;
-                ::metrics::histogram!(metrics::EVENT_AGE_SECONDS, "target" => target_name.to_owned())
-                    .record(age);
+                if let Some(event_ms) = event_ms {
+                    let age = (now_ms() - event_ms).max(0) as f64 / 1_000.0;
+                    ::metrics::histogram!(metrics::EVENT_AGE_SECONDS, "target" => target_name.to_owned())
+                        .record(age);
+                }
                 tracing::debug!(event = %event.id, target = target_name, attempt, "delivered");
             }
             Decision::Retry { delay, error } => {

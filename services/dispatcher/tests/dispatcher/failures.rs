@@ -300,3 +300,20 @@ async fn a_retry_scheduled_before_a_crash_is_delivered_by_another_instance() {
     assert_eq!(target.deliveries_of(&event.id)[1].delivery.attempt, 2);
     survivor.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_without_a_commit_time_is_not_judged_too_old() {
+    let server = RedisServer::start().unwrap();
+    let mut redis = redis(&server).await;
+    let target = HttpTarget::start().await;
+    let dispatcher = Running::start(settings(&server, config(&target.url("/fn")))).await;
+    let mut timeless = created("products/p/originals/timeless", &[], "image/jpeg");
+    timeless.time = None;
+    publish(&mut redis, &timeless).await;
+    eventually("it is delivered", Duration::from_secs(10), || async {
+        target.deliveries_of(&timeless.id).len() == 1
+    })
+    .await;
+    assert!(dlq(&mut redis).await.is_empty());
+    dispatcher.stop().await;
+}
