@@ -47,6 +47,10 @@ pub struct DispatcherConfig {
     pub claim_idle_ms: u64,
     /// How often abandoned entries are looked for, in milliseconds.
     pub claim_interval_ms: u64,
+    /// Consumers of the group with nothing pending and idle this long (instances that
+    /// stopped; every start has a new name unless `consumer` is set) are removed from the
+    /// group, in milliseconds.
+    pub forget_consumers_after_ms: u64,
     /// How often due retries are looked for, in milliseconds.
     pub retry_poll_ms: u64,
     /// Attempts per event and target, the first one included (4 = 3 retries).
@@ -194,6 +198,10 @@ impl Default for ReconcilerConfig {
     }
 }
 
+/// Scopes the dispatcher's service account needs (`dispatcher.service_client_id`):
+/// `RecordVariant` and `MarkImageFailed`, `ListImages`, and the reconciler's storage `Stat`.
+pub const SERVICE_SCOPES: &[&str] = &["catalog.write:variants", "catalog.read", "storage.read"];
+
 /// Name of the default thumbnail function target.
 pub const THUMBNAIL_TARGET: &str = "thumbnail";
 /// Name of the default `RecordVariant` target.
@@ -268,6 +276,7 @@ impl Default for DispatcherConfig {
             max_in_flight: 256,
             claim_idle_ms: 120_000,
             claim_interval_ms: 5_000,
+            forget_consumers_after_ms: 3_600_000,
             retry_poll_ms: 250,
             max_attempts: 4,
             initial_backoff_ms: 1_000,
@@ -343,6 +352,12 @@ impl Validate for DispatcherConfig {
                 "max_backoff_ms",
                 "initial_backoff_ms must be at least 1 and max_backoff_ms at least initial_backoff_ms"
                     .into(),
+            ));
+        }
+        if self.forget_consumers_after_ms < 1_000 {
+            return Err(invalid(
+                "forget_consumers_after_ms",
+                "must be at least 1000".into(),
             ));
         }
         if self.max_event_age_secs == 0 {

@@ -636,8 +636,16 @@ impl Inner {
             }
             Err(error) => tracing::warn!(%error, "cannot read this consumer's pending events"),
         }
+        let mut rounds: u64 = 0;
         while !stop.is_triggered() {
             while tasks.try_join_next().is_some() {}
+            // About once a minute: forget consumers of stopped instances.
+            if rounds.is_multiple_of((60_000 / self.config.claim_interval_ms).max(1))
+                && let Err(error) = self.forget_stopped_consumers().await
+            {
+                tracing::debug!(%error, "cannot list the group's consumers");
+            }
+            rounds += 1;
             if let Err(error) = self.renew_leases().await {
                 tracing::warn!(%error, "cannot renew the leases of work in flight");
             }
@@ -695,6 +703,25 @@ impl Inner {
                 .ignore();
         }
         pipe.query_async::<()>(&mut self.redis.clone()).await
+    }
+
+    /// Removes consumers with nothing pending that have been idle for
+    /// `forget_consumers_after_ms` (stopped instances). Nothing is lost: a consumer with
+    /// pending entries is kept until they are claimed, and a live consumer that reads again is
+    /// recreated by Redis.
+    pub(crate) async fn forget_stopped_consumers(&self) -> redis::RedisResult<i64> {
+        // One script, so a consumer cannot read something between the check and the delete.
+        let forgotten: i64 = redis::Script::new(crate::store::FORGET_CONSUMERS)
+            .key(&self.config.stream)
+            .arg(&self.config.group)
+            .arg(&self.consumer)
+            .arg(self.config.forget_consumers_after_ms)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        if forgotten > 0 {
+            tracing::info!(forgotten, "forgot the consumers of stopped instances");
+        }
+        Ok(forgotten)
     }
 
     /// Entries this consumer read earlier and never acknowledged (its pending list).

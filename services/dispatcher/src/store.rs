@@ -67,6 +67,22 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+/// Deletes the consumers of group `ARGV[1]` on stream `KEYS[1]` other than `ARGV[2]` that
+/// have nothing pending and have been idle for `ARGV[3]` ms. Returns how many.
+pub const FORGET_CONSUMERS: &str = r"
+local forgotten = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+  if fields['name'] ~= ARGV[2] and fields['pending'] == 0
+      and fields['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+";
+
 /// Releases a lock if it still holds this instance's token.
 pub const RELEASE_LOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -320,3 +320,83 @@ async fn sigterm_drains_deliveries_in_flight() {
     );
     assert!(dlq(&mut redis).await.is_empty());
 }
+
+#[tokio::test]
+async fn consumers_of_stopped_instances_are_forgotten_unless_they_hold_events() {
+    use redis::AsyncCommands;
+    use redis::streams::{StreamReadOptions, StreamReadReply};
+
+    let server = RedisServer::start().unwrap();
+    let mut redis = redis(&server).await;
+    let target = HttpTarget::start().await;
+    // Two earlier instances: one finished its work, one died holding an event.
+    let _: () = redis
+        .xgroup_create_mkstream(STREAM, "dispatcher", "0")
+        .await
+        .unwrap();
+    let reader = redis.clone();
+    let read_as = |consumer: &'static str| {
+        let mut redis = reader.clone();
+        async move {
+            let reply: Option<StreamReadReply> = redis
+                .xread_options(
+                    &[STREAM],
+                    &[">"],
+                    &StreamReadOptions::default()
+                        .group("dispatcher", consumer)
+                        .count(1),
+                )
+                .await
+                .unwrap();
+            reply.unwrap().keys[0].ids[0].id.clone()
+        }
+    };
+    publish(
+        &mut redis,
+        &created("products/p/originals/done", &[], "image/jpeg"),
+    )
+    .await;
+    let done = read_as("old-finished").await;
+    let _: i64 = redis.xack(STREAM, "dispatcher", &[&done]).await.unwrap();
+    let held = created("products/p/originals/held", &[], "image/jpeg");
+    publish(&mut redis, &held).await;
+    read_as("old-dead").await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let mut config = config(&target.url("/fn"));
+    config.forget_consumers_after_ms = 1_000;
+    config.claim_idle_ms = 1_500;
+    let dispatcher = Running::start(settings(&server, config)).await;
+    let names = || {
+        let mut redis = redis.clone();
+        async move {
+            let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(STREAM)
+                    .arg("dispatcher")
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+            consumers
+                .iter()
+                .map(|c| redis::from_redis_value::<String>(c["name"].clone()).unwrap())
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    eventually(
+        "the finished consumer is forgotten",
+        Duration::from_secs(10),
+        || async { !names().await.contains("old-finished") },
+    )
+    .await;
+    // The dead one's event is taken over (not lost with its consumer).
+    eventually(
+        "the held event is delivered",
+        Duration::from_secs(10),
+        || async { target.deliveries_of(&held.id).len() == 1 },
+    )
+    .await;
+    assert!(names().await.contains(&dispatcher.consumer));
+    dispatcher.stop().await;
+}
