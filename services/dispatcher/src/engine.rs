@@ -471,11 +471,30 @@ impl Inner {
             if available > 0 {
                 match self.claim_due(available).await {
                     Ok(members) => {
+                        let mut unstarted = Vec::new();
                         for member in members {
-                            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                                break; // the lease brings it back later
-                            };
-                            self.spawn_task(&mut tasks, member, permit);
+                            match self.in_flight.clone().try_acquire_owned() {
+                                Ok(permit) => self.spawn_task(&mut tasks, member, permit),
+                                Err(_) => unstarted.push(member),
+                            }
+                        }
+                        // Stream entries took the capacity meanwhile: make these due again
+                        // now rather than after their lease.
+                        if !unstarted.is_empty() {
+                            let mut pipe = redis::pipe();
+                            for member in &unstarted {
+                                pipe.cmd("ZADD")
+                                    .arg(&self.config.retry_key)
+                                    .arg("XX")
+                                    .arg(now_ms())
+                                    .arg(member)
+                                    .ignore();
+                            }
+                            if let Err(error) =
+                                pipe.query_async::<()>(&mut self.redis.clone()).await
+                            {
+                                tracing::debug!(%error, "cannot hand back unstarted retries; their lease brings them back");
+                            }
                         }
                     }
                     Err(error) => tracing::warn!(%error, "cannot read due retries"),
