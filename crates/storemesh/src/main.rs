@@ -139,6 +139,9 @@ fn dev_cert(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // reqwest and the S3 client are built without a bundled TLS crypto provider: use ring, as
+    // the rest of the mesh does, before any HTTP client is made.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

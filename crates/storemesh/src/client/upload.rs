@@ -83,9 +83,6 @@ pub async fn run(opts: &ClientOpts, session: &Session, args: &UploadArgs) -> any
         .await
         .with_context(|| format!("cannot read {}", args.file.display()))?
         .len();
-    // reqwest is built without a bundled crypto provider (shared with storage's S3 client):
-    // install ring's, as the rest of the mesh uses, for an https edge. Already installed is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
