@@ -312,7 +312,15 @@ fn edge_env(
         ),
         (
             "STOREMESH_EDGE__CACHE_DIR".to_owned(),
-            data_dir.join("edge/cache").display().to_string(),
+            // The default (relative) cache moves into the data dir; a configured one is kept
+            // (e.g. a cache shared by test runs, so each start need not compile again).
+            if edge_config.cache_dir == storemesh_edge::EdgeConfig::default().cache_dir {
+                data_dir.join("edge/cache")
+            } else {
+                edge_config.cache_dir.clone()
+            }
+            .display()
+            .to_string(),
         ),
         (
             "STOREMESH_EDGE__VARIABLES__TOKEN_ISSUER".to_owned(),
@@ -469,6 +477,13 @@ async fn serving(addr: SocketAddr) -> bool {
 }
 
 pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    // Listen for Ctrl-C/SIGTERM from the very start, so an interrupt while the system is still
+    // starting stops the children too instead of orphaning them.
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        storemesh_runtime::shutdown::signal().await;
+        let _ = stop_sender.send(true);
+    });
     let loader = ConfigLoader::load(config)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -608,6 +623,9 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             if let Some((name, status)) = children.exited() {
                 bail!("{name} exited at start ({status}); see its log lines above");
             }
+            if *stop.borrow() {
+                bail!("interrupted while starting; stopped everything");
+            }
             if Instant::now() > deadline {
                 bail!(
                     "{} was not ready within {} s",
@@ -648,9 +666,10 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     println!("Ctrl-C stops everything.");
     println!();
 
+    let mut stop = stop;
     let outcome = loop {
         tokio::select! {
-            () = storemesh_runtime::shutdown::signal() => break Ok(()),
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
             () = tokio::time::sleep(Duration::from_millis(200)) => {
                 if let Err(error) = children.restart_exited().await {
                     break Err(error);

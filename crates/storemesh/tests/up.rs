@@ -40,6 +40,11 @@ impl Up {
             // As a user runs it: from the repository root, where `spin.toml` is.
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .env_remove("REDIS_URL")
+            // Compiled components shared with the other system tests: compile once per build.
+            .env(
+                "STOREMESH_EDGE__CACHE_DIR",
+                std::env::temp_dir().join("storemesh-system-tests-edge-cache"),
+            )
             .envs(envs.iter().map(|(k, v)| (*k, v.clone())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
