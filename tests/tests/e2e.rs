@@ -1,0 +1,657 @@
+//! End to end, as a user runs it: `storemesh up` (real child processes: redis-server, auth,
+//! catalog, storage, gateway, the edge runtime with the real components, the dispatcher), the
+//! `storemesh` client commands, uploads over HTTP to the upload hook, and faults made with
+//! SIGKILL while uploads are in flight.
+#![allow(clippy::unwrap_used)]
+
+mod images;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use storemesh_proto::catalog::v1 as catalog_pb;
+use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use storemesh_proto::storage::v1 as storage_pb;
+use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
+use storemesh_testkit::free_port;
+use tonic::transport::Channel;
+
+/// The `storemesh` binary cargo built next to this test (`target/<profile>/storemesh`).
+fn storemesh_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("storemesh");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p storemesh`, or run the whole workspace's tests)",
+        bin.display()
+    );
+    bin
+}
+
+fn address() -> String {
+    format!("127.0.0.1:{}", free_port().unwrap())
+}
+
+/// A running `storemesh up` on free ports, with its output collected.
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    output: Arc<Mutex<Vec<String>>>,
+    data: tempfile::TempDir,
+    gateway: String,
+    edge: String,
+    redis_port: u16,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+    }
+}
+
+impl Up {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let redis_port = free_port().unwrap();
+        let gateway = address();
+        let edge = address();
+        let mut envs: Vec<(String, String)> = vec![
+            ("STOREMESH_GATEWAY__SERVER__LISTEN".into(), gateway.clone()),
+            ("STOREMESH_EDGE__LISTEN".into(), edge.clone()),
+            ("STOREMESH_EDGE__ADMIN_LISTEN".into(), address()),
+            ("STOREMESH_EDGE__MANIFEST".into(), repo_root().join("spin.toml").display().to_string()),
+        ];
+        for service in ["AUTH", "CATALOG", "STORAGE", "DISPATCHER"] {
+            envs.push((format!("STOREMESH_{service}__SERVER__LISTEN"), address()));
+        }
+        for service in ["AUTH", "CATALOG", "STORAGE", "GATEWAY", "DISPATCHER"] {
+            envs.push((format!("STOREMESH_{service}__SERVER__ADMIN_LISTEN"), address()));
+        }
+        let mut child = Command::new(storemesh_bin())
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--redis-port", &redis_port.to_string()])
+            .args(["--ready-timeout", "600", "--no-build"])
+            // Compiled components shared with the other system tests: compile once per build.
+            .env(
+                "STOREMESH_EDGE__CACHE_DIR",
+                std::env::temp_dir().join("storemesh-system-tests-edge-cache"),
+            )
+            .current_dir(repo_root())
+            .env_remove("REDIS_URL")
+            .envs(envs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = mpsc::channel();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push(line.clone());
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let mut up = Self {
+            child,
+            lines,
+            output,
+            data,
+            gateway: format!("http://{gateway}"),
+            edge: format!("http://{edge}"),
+            redis_port,
+        };
+        up.wait_for("Storemesh is up.", Duration::from_secs(900));
+        up
+    }
+
+    fn log(&self) -> String {
+        let output = self.output.lock().unwrap();
+        let start = output.len().saturating_sub(200);
+        output[start..].join("\n")
+    }
+
+    /// Waits for an output line containing `needle` (printed after this call or before).
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("storemesh up exited ({status}):\n{}", self.log());
+            }
+        }
+        panic!("no {needle:?} within {within:?}:\n{}", self.log());
+    }
+
+    /// Runs a client command as the user whose session lives in `session`.
+    fn cli(&self, session: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(storemesh_bin())
+            .args(args)
+            .env("STOREMESH_GATEWAY", &self.gateway)
+            .env("STOREMESH_EDGE_URL", &self.edge)
+            .env("STOREMESH_SESSION", session)
+            .env("REDIS_URL", format!("redis://127.0.0.1:{}", self.redis_port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn cli_json(&self, session: &Path, args: &[&str], stdin: Option<&str>) -> Value {
+        let output = self.cli(session, args, stdin);
+        assert!(
+            output.status.success(),
+            "storemesh {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "storemesh {args:?} printed no JSON ({error}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// SIGKILLs `up`'s child running `serve <service>` (or redis-server) and waits until `up`
+    /// has started it again.
+    fn kill_child(&mut self, service: &str) {
+        let pid = child_pid(self.child.id(), service);
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_for(&format!("{service:>8} | exited"), Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_child_pid(self.child.id(), service).is_none_or(|new| new == pid) {
+            assert!(Instant::now() < deadline, "{service} not restarted:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.gateway.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn try_child_pid(parent: u32, service: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, after_comm)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let Some(ppid) = after_comm.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if ppid != parent {
+            continue;
+        }
+        let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let arguments: Vec<&[u8]> = command_line.split(|b| *b == 0).collect();
+        let matches = if service == "redis" {
+            arguments
+                .first()
+                .is_some_and(|program| program.ends_with(b"redis-server"))
+        } else {
+            arguments
+                .windows(2)
+                .any(|pair| pair == [b"serve".as_slice(), service.as_bytes()])
+        };
+        if matches {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn child_pid(parent: u32, service: &str) -> u32 {
+    try_child_pid(parent, service).unwrap_or_else(|| panic!("no child running {service}"))
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A seller registered and signed in with the client commands; returns (session file, token).
+fn seller(up: &Up, name: &str) -> (PathBuf, String) {
+    let session = up.data.path().join(format!("{name}.session.json"));
+    let email = format!("{name}@example.com");
+    let session_str = session.to_str().unwrap();
+    up.cli_json(
+        &session,
+        &["register", "--email", &email, "--json", "--session-file", session_str],
+        Some("a good long password\n"),
+    );
+    let signed_in = up.cli_json(
+        &session,
+        &["login", "--email", &email, "--json"],
+        Some("a good long password\n"),
+    );
+    assert_eq!(signed_in["role"], "seller");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    (session, saved["access_token"].as_str().unwrap().to_owned())
+}
+
+fn create_product(up: &Up, session: &Path, title: &str) -> String {
+    let product = up.cli_json(
+        session,
+        &["products", "create", "--title", title, "--price", "9.99", "--json"],
+        None,
+    );
+    product["id"].as_str().unwrap().to_owned()
+}
+
+/// Uploads with the same idempotency key until the hook answers with a final status (retrying
+/// through restarts of the edge runtime or storage); returns (status, body).
+async fn upload(
+    http: &reqwest::Client,
+    up_edge: &str,
+    token: &str,
+    product: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+    key: &str,
+) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let result = http
+            .post(format!("{up_edge}/v1/products/{product}/images"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .header("idempotency-key", key)
+            .body(bytes.clone())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        match result {
+            Ok(response) if ![429, 502, 503, 504].contains(&response.status().as_u16()) => {
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+                return (status, body);
+            }
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                assert!(Instant::now() < deadline, "upload kept failing: {status} {text}");
+            }
+            Err(error) => assert!(Instant::now() < deadline, "upload kept failing: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits until the image is READY or FAILED (reads through the gateway, retrying through
+/// restarts).
+async fn settled(up: &Up, token: &str, image_id: &str, within: Duration) -> catalog_pb::Image {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        if let Ok(channel) = Channel::from_shared(up.gateway.clone()).unwrap().connect().await {
+            let mut catalog = CatalogServiceClient::new(channel);
+            if let Ok(response) = catalog
+                .get_image(bearer(
+                    catalog_pb::GetImageRequest {
+                        image_id: image_id.to_owned(),
+                    },
+                    token,
+                ))
+                .await
+            {
+                let image = response.into_inner().image.unwrap();
+                if image.state() != catalog_pb::ImageState::Processing {
+                    return image;
+                }
+                last = Some(image);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "image {image_id} still not settled: {last:?}\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn download(storage: &mut StorageServiceClient<Channel>, token: &str, key: &str) -> Vec<u8> {
+    let mut stream = storage
+        .download(bearer(
+            storage_pb::DownloadRequest {
+                key: key.to_owned(),
+                offset: 0,
+                length: 0,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        if let Some(storage_pb::download_response::Payload::Chunk(chunk)) = message.payload {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    bytes
+}
+
+/// Every stored thumbnail object of an image.
+async fn thumbnail_keys(
+    storage: &mut StorageServiceClient<Channel>,
+    token: &str,
+    product: &str,
+    image_id: &str,
+) -> Vec<String> {
+    storage
+        .list(bearer(
+            storage_pb::ListRequest {
+                prefix: format!("products/{product}/thumbnails/{image_id}/"),
+                page_size: 100,
+                page_token: String::new(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects
+        .into_iter()
+        .map(|object| object.key)
+        .collect()
+}
+
+fn assert_ready_with_three_variants(image: &catalog_pb::Image) {
+    assert_eq!(
+        image.state(),
+        catalog_pb::ImageState::Ready,
+        "{image:?}"
+    );
+    let names: BTreeSet<&str> = image.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["w160", "w320", "w640"]),
+        "{image:?}"
+    );
+    assert_eq!(image.variants.len(), 3, "no duplicate variants: {image:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_scenario_through_the_client_commands() {
+    let up = Up::start();
+    let (session, token) = seller(&up, "seller");
+    let product = create_product(&up, &session, "Camera");
+
+    // A 12 MP photo, uploaded by the client command (streamed, progress bar hidden by --json).
+    let photo = up.data.path().join("photo.jpg");
+    std::fs::write(&photo, images::jpeg(4000, 3000)).unwrap();
+    let created = up.cli_json(
+        &session,
+        &["upload", photo.to_str().unwrap(), "--product", &product, "--json"],
+        None,
+    );
+    assert_eq!(created["state"], "PROCESSING", "{created}");
+    assert_eq!(created["width"], 4000);
+    assert_eq!(created["height"], 3000);
+    let image_id = created["image_id"].as_str().unwrap().to_owned();
+
+    let ready = up.cli_json(
+        &session,
+        &["images", "wait", &image_id, "--timeout", "300", "--json"],
+        None,
+    );
+    assert_eq!(ready["state"], "READY", "{ready}");
+
+    // Every thumbnail downloads, decodes and has the right size.
+    let image = settled(&up, &token, &image_id, Duration::from_secs(10)).await;
+    assert_ready_with_three_variants(&image);
+    let mut storage = StorageServiceClient::new(up.channel().await);
+    for variant in &image.variants {
+        let bound: u32 = variant.name.trim_start_matches('w').parse().unwrap();
+        let expected = (bound, bound * 3 / 4);
+        let bytes = download(&mut storage, &token, &variant.storage_key).await;
+        let decoded = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), expected, "{variant:?}");
+        assert_eq!((variant.width, variant.height), expected);
+    }
+    let shown = up.cli_json(&session, &["products", "get", &product, "--json"], None);
+    assert_eq!(shown["images"][0]["state"], "READY");
+
+    // A forged delivery to the thumbnail route is refused.
+    let forged = reqwest::Client::new()
+        .post(format!("{}/internal/thumbnail", up.edge))
+        .header("content-type", "application/x-protobuf")
+        .header("x-storemesh-delivery-timestamp", storemesh_system_tests::unix_now().to_string())
+        .header("x-storemesh-signature", format!("v1={}", "ab".repeat(32)))
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+}
+
+/// 50 uploads at once from five sellers: every image READY with exactly its three variants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_uploads_all_become_ready() {
+    let up = Up::start();
+    let http = reqwest::Client::new();
+    let photo = images::jpeg(1200, 900);
+    let mut sellers = Vec::new();
+    for index in 0..5 {
+        let (session, token) = seller(&up, &format!("seller{index}"));
+        let product = create_product(&up, &session, &format!("Product {index}"));
+        sellers.push((token, product));
+    }
+    let mut uploads = tokio::task::JoinSet::new();
+    for n in 0..50 {
+        let (token, product) = sellers[n % sellers.len()].clone();
+        let (http, edge, photo) = (http.clone(), up.edge.clone(), photo.clone());
+        uploads.spawn(async move {
+            let (status, body) =
+                upload(&http, &edge, &token, &product, "image/jpeg", photo, &format!("k{n}")).await;
+            assert_eq!(status, 201, "{body}");
+            (token, product, body["image_id"].as_str().unwrap().to_owned())
+        });
+    }
+    let created: Vec<(String, String, String)> = uploads.join_all().await;
+    let mut storage = StorageServiceClient::new(up.channel().await);
+    for (token, product, image_id) in &created {
+        let image = settled(&up, token, image_id, Duration::from_secs(300)).await;
+        assert_ready_with_three_variants(&image);
+        assert_eq!(thumbnail_keys(&mut storage, token, product, image_id).await.len(), 3);
+    }
+    let distinct: BTreeSet<&String> = created.iter().map(|(_, _, id)| id).collect();
+    assert_eq!(distinct.len(), 50);
+}
+
+/// The dispatcher, the edge runtime, storage and Redis are each SIGKILLed while uploads are in
+/// flight (`up` restarts them): every upload ends READY, none lost, none duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_survive_killed_processes_and_a_redis_restart() {
+    let mut up = Up::start();
+    let http = reqwest::Client::new();
+    let (session, token) = seller(&up, "seller");
+    let product = create_product(&up, &session, "Survivor");
+    let photo = images::jpeg(1600, 1200);
+
+    let mut keys = Vec::new();
+    let mut created: BTreeMap<String, String> = BTreeMap::new();
+    for (round, victim) in ["dispatcher", "edge", "storage", "redis"].iter().enumerate() {
+        let mut uploads = tokio::task::JoinSet::new();
+        for n in 0..6 {
+            let key = format!("r{round}-{n}");
+            keys.push(key.clone());
+            let (http, edge, photo, token, product) = (
+                http.clone(),
+                up.edge.clone(),
+                photo.clone(),
+                token.clone(),
+                product.clone(),
+            );
+            uploads.spawn(async move {
+                // Spread the uploads over the kill.
+                tokio::time::sleep(Duration::from_millis(150 * n)).await;
+                let (status, body) =
+                    upload(&http, &edge, &token, &product, "image/jpeg", photo, &key).await;
+                assert_eq!(status, 201, "{key}: {body}");
+                (key, body["image_id"].as_str().unwrap().to_owned())
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        up.kill_child(victim);
+        for (key, image_id) in uploads.join_all().await {
+            created.insert(key, image_id);
+        }
+    }
+    assert_eq!(created.len(), keys.len());
+    let mut storage = StorageServiceClient::new(up.channel().await);
+    for image_id in created.values() {
+        let image = settled(&up, &token, image_id, Duration::from_secs(300)).await;
+        assert_ready_with_three_variants(&image);
+        assert_eq!(thumbnail_keys(&mut storage, &token, &product, image_id).await.len(), 3);
+    }
+    // One image per idempotency key: nothing duplicated by the retries.
+    let mut catalog = CatalogServiceClient::new(up.channel().await);
+    let listed = catalog
+        .list_product_images(bearer(
+            catalog_pb::ListProductImagesRequest {
+                product_id: product.clone(),
+                page_size: 500,
+                page_token: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), created.len(), "{listed:?}");
+}
+
+/// A memory bomb and a truncated JPEG end FAILED with a reason and a dead-letter entry;
+/// good uploads at the same time are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_uploads_fail_cleanly_next_to_good_ones() {
+    let up = Up::start();
+    let http = reqwest::Client::new();
+    let (session, token) = seller(&up, "seller");
+    let product = create_product(&up, &session, "Mixed");
+    let good = images::jpeg(1000, 750);
+    let truncated = images::truncated(&good, good.len() / 3);
+    let bomb = images::png_bomb(7_000, 7_000, 64);
+
+    let mut uploads = tokio::task::JoinSet::new();
+    for (n, (content_type, bytes)) in [
+        ("image/jpeg", good.clone()),
+        ("image/jpeg", truncated),
+        ("image/jpeg", good.clone()),
+        ("image/png", bomb),
+        ("image/jpeg", good),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (http, edge, token, product) =
+            (http.clone(), up.edge.clone(), token.clone(), product.clone());
+        uploads.spawn(async move {
+            let (status, body) =
+                upload(&http, &edge, &token, &product, content_type, bytes, &format!("h{n}")).await;
+            assert_eq!(status, 201, "{n}: {body}");
+            (n, body["image_id"].as_str().unwrap().to_owned())
+        });
+    }
+    let mut created = uploads.join_all().await;
+    created.sort();
+    let mut failed_ids = Vec::new();
+    for (n, image_id) in &created {
+        let image = settled(&up, &token, image_id, Duration::from_secs(300)).await;
+        if [1, 3].contains(n) {
+            assert_eq!(image.state(), catalog_pb::ImageState::Failed, "{n}: {image:?}");
+            assert!(!image.failure_reason.is_empty());
+            failed_ids.push(image_id.clone());
+        } else {
+            assert_ready_with_three_variants(&image);
+        }
+    }
+    // Each failure left a dead-letter entry naming its original.
+    let admin_session = up.data.path().join("unused-session.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = up.cli(
+            &admin_session,
+            &[
+                "events",
+                "dlq",
+                "list",
+                "--json",
+            ],
+            None,
+        );
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if failed_ids.iter().all(|id| text.contains(&format!("/originals/{id}"))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead letters missing: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
