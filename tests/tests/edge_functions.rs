@@ -502,9 +502,7 @@ async fn plant_original(
             )),
         },
         storage_pb::UploadRequest {
-            payload: Some(storage_pb::upload_request::Payload::Chunk(
-                bytes.clone().into(),
-            )),
+            payload: Some(storage_pb::upload_request::Payload::Chunk(bytes.clone())),
         },
     ];
     system

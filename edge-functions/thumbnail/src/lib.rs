@@ -411,7 +411,7 @@ async fn store(
             .bytes
             .chunks(CHUNK_BYTES)
             .map(|chunk| UploadRequest {
-                payload: Some(UploadPayload::Chunk(chunk.to_vec().into())),
+                payload: Some(UploadPayload::Chunk(chunk.to_vec())),
             }),
     );
     mesh.storage()

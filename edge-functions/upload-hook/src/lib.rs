@@ -342,7 +342,7 @@ async fn upload_original(
 
 fn chunk(bytes: Vec<u8>) -> UploadRequest {
     UploadRequest {
-        payload: Some(Payload::Chunk(bytes.into())),
+        payload: Some(Payload::Chunk(bytes)),
     }
 }
 
