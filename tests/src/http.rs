@@ -129,3 +129,33 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         data = data.get(size + 2..)?;
     }
 }
+
+/// Sends a request announcing `content_length` bytes but only `body` (fewer), then closes the
+/// connection's write side, like a client that died mid-upload. Returns the answer if the
+/// server sent one.
+pub async fn request_cut_short(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    content_length: usize,
+    body: &[u8],
+) -> Option<Answer> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {content_length}\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
+    stream.flush().await.ok()?;
+    // Give the server time to start streaming, then vanish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.shutdown().await.ok()?;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
+    parse(&raw)
+}

@@ -454,6 +454,90 @@ async fn an_idempotency_key_gives_the_same_image_on_retry() {
     system.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_left_behind_when_attach_fails_or_the_client_vanishes() {
+    let system = System::start().await;
+    let owner = seller(&system, "owner@example.com").await;
+    let png = images::png(200, 150);
+
+    // A body shorter than its Content-Length (the client died mid-upload): nothing is stored.
+    let big = images::noisy_png(800, 600);
+    let _ = http::request_cut_short(
+        system.edge.unwrap(),
+        "POST",
+        &upload_path(&owner.product),
+        &[
+            ("authorization", format!("Bearer {}", owner.token)),
+            ("content-type", "image/png".to_owned()),
+        ],
+        big.len(),
+        &big[..big.len() / 2],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        system
+            .events()
+            .iter()
+            .all(|event| !event.subject.contains("/originals/")),
+        "a cut-short upload was committed"
+    );
+
+    // The product is full (100 images, attached directly): the upload is stored, AttachImage
+    // refuses it, and the hook deletes the original again.
+    let mut catalog = system.catalog_client().await;
+    for index in 0..100 {
+        let image_id = format!("filler{index}");
+        catalog
+            .attach_image(bearer(
+                catalog_pb::AttachImageRequest {
+                    product_id: owner.product.clone(),
+                    image_id: image_id.clone(),
+                    storage_key: format!("products/{}/originals/{image_id}", owner.product),
+                    content_type: "image/png".into(),
+                    size_bytes: 10,
+                    width: 1,
+                    height: 1,
+                },
+                &owner.token,
+            ))
+            .await
+            .unwrap();
+    }
+    let answer = system
+        .edge_post(
+            &upload_path(&owner.product),
+            &owner.token,
+            "image/png",
+            png.clone(),
+        )
+        .await;
+    expect_error(&answer, 409, "failed_precondition");
+    let events = system.events();
+    let created: Vec<&str> = events
+        .iter()
+        .filter(|event| event.subject.contains("/originals/"))
+        .filter(|event| event.r#type() == storemesh_proto::events::v1::EventType::ObjectCreated)
+        .map(|event| event.subject.as_str())
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    let deleted = events.iter().any(|event| {
+        event.subject == created[0]
+            && event.r#type() == storemesh_proto::events::v1::EventType::ObjectDeleted
+    });
+    assert!(deleted, "the original of the refused image was not deleted");
+    let stat = download(&system, created[0]).await;
+    assert_eq!(stat.unwrap_err().code(), tonic::Code::NotFound);
+
+    // And the runtime carries on.
+    let other = seller(&system, "other@example.com").await;
+    let answer = system
+        .edge_post(&upload_path(&other.product), &other.token, "image/png", png)
+        .await;
+    expect_status(&answer, 201);
+    system.stop().await;
+}
+
 // ---- thumbnail -------------------------------------------------------------------------------
 
 const THUMBNAIL_PATH: &str = "/internal/thumbnail";
@@ -502,9 +586,7 @@ async fn plant_original(
             )),
         },
         storage_pb::UploadRequest {
-            payload: Some(storage_pb::upload_request::Payload::Chunk(
-                bytes.clone().into(),
-            )),
+            payload: Some(storage_pb::upload_request::Payload::Chunk(bytes.clone())),
         },
     ];
     system

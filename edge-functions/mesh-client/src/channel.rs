@@ -299,7 +299,7 @@ impl<B> RequestPump<B> {
 fn stream_error(what: &str, error: StreamError) -> BoxError {
     let detail = match error {
         StreamError::Closed => "closed".to_owned(),
-        StreamError::LastOperationFailed(error) => error.to_debug_string(),
+        StreamError::LastOperationFailed(error) => crate::io_error_text(&error),
     };
     Box::new(Status::unavailable(format!("{what}: {detail}")))
 }

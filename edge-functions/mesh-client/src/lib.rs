@@ -196,3 +196,10 @@ pub fn retry_after(status: &Status) -> Option<String> {
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned)
 }
+
+/// A WASI I/O error in one line: hosts (wasmtime) put a backtrace after the first line of
+/// `to_debug_string`, which belongs in no answer or log line of ours.
+pub fn io_error_text(error: &wasi::io::error::Error) -> String {
+    let text = error.to_debug_string();
+    text.lines().next().unwrap_or_default().trim().to_owned()
+}

@@ -279,7 +279,10 @@ async fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| {
-            ApiError::bad_request(format!("reading the delivery: {}", error.to_debug_string()))
+            ApiError::bad_request(format!(
+                "reading the delivery: {}",
+                storemesh_mesh_client::io_error_text(&error)
+            ))
         })?;
         body.extend_from_slice(&chunk);
         if body.len() > MAX_DELIVERY_BYTES {
@@ -411,7 +414,7 @@ async fn store(
             .bytes
             .chunks(CHUNK_BYTES)
             .map(|chunk| UploadRequest {
-                payload: Some(UploadPayload::Chunk(chunk.to_vec().into())),
+                payload: Some(UploadPayload::Chunk(chunk.to_vec())),
             }),
     );
     mesh.storage()

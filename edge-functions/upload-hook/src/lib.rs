@@ -342,7 +342,7 @@ async fn upload_original(
 
 fn chunk(bytes: Vec<u8>) -> UploadRequest {
     UploadRequest {
-        payload: Some(Payload::Chunk(bytes.into())),
+        payload: Some(Payload::Chunk(bytes)),
     }
 }
 
@@ -369,7 +369,7 @@ fn coalesce(
                     Some(Err(error)) => {
                         eprintln!(
                             "upload-hook: reading the request body: {}",
-                            error.to_debug_string()
+                            storemesh_mesh_client::io_error_text(&error)
                         );
                         failed.store(true, Ordering::Relaxed);
                         return None;

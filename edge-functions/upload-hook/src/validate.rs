@@ -80,7 +80,7 @@ where
         }
         Some(Err(error)) => Err(ApiError::bad_request(format!(
             "the request body could not be read: {}",
-            error.to_debug_string()
+            storemesh_mesh_client::io_error_text(&error)
         ))),
         None => Ok(true),
     }
