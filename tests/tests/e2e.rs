@@ -69,6 +69,8 @@ impl Drop for Up {
 
 impl Up {
     fn start() -> Self {
+        // reqwest is built without a bundled TLS provider (as in the services).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let data = tempfile::tempdir().unwrap();
         let redis_port = free_port().unwrap();
         let gateway = address();
@@ -77,13 +79,19 @@ impl Up {
             ("STOREMESH_GATEWAY__SERVER__LISTEN".into(), gateway.clone()),
             ("STOREMESH_EDGE__LISTEN".into(), edge.clone()),
             ("STOREMESH_EDGE__ADMIN_LISTEN".into(), address()),
-            ("STOREMESH_EDGE__MANIFEST".into(), repo_root().join("spin.toml").display().to_string()),
+            (
+                "STOREMESH_EDGE__MANIFEST".into(),
+                repo_root().join("spin.toml").display().to_string(),
+            ),
         ];
         for service in ["AUTH", "CATALOG", "STORAGE", "DISPATCHER"] {
             envs.push((format!("STOREMESH_{service}__SERVER__LISTEN"), address()));
         }
         for service in ["AUTH", "CATALOG", "STORAGE", "GATEWAY", "DISPATCHER"] {
-            envs.push((format!("STOREMESH_{service}__SERVER__ADMIN_LISTEN"), address()));
+            envs.push((
+                format!("STOREMESH_{service}__SERVER__ADMIN_LISTEN"),
+                address(),
+            ));
         }
         let mut child = Command::new(storemesh_bin())
             .arg("up")
@@ -161,7 +169,10 @@ impl Up {
             .env("STOREMESH_GATEWAY", &self.gateway)
             .env("STOREMESH_EDGE_URL", &self.edge)
             .env("STOREMESH_SESSION", session)
-            .env("REDIS_URL", format!("redis://127.0.0.1:{}", self.redis_port))
+            .env(
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}", self.redis_port),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -203,7 +214,11 @@ impl Up {
         self.wait_for(&format!("{service:>8} | exited"), Duration::from_secs(30));
         let deadline = Instant::now() + Duration::from_secs(30);
         while try_child_pid(self.child.id(), service).is_none_or(|new| new == pid) {
-            assert!(Instant::now() < deadline, "{service} not restarted:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{service} not restarted:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -232,7 +247,11 @@ fn try_child_pid(parent: u32, service: &str) -> Option<u32> {
         let Some((_, after_comm)) = stat.rsplit_once(") ") else {
             continue;
         };
-        let Some(ppid) = after_comm.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(ppid) = after_comm
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if ppid != parent {
@@ -275,7 +294,14 @@ fn seller(up: &Up, name: &str) -> (PathBuf, String) {
     let session_str = session.to_str().unwrap();
     up.cli_json(
         &session,
-        &["register", "--email", &email, "--json", "--session-file", session_str],
+        &[
+            "register",
+            "--email",
+            &email,
+            "--json",
+            "--session-file",
+            session_str,
+        ],
         Some("a good long password\n"),
     );
     let signed_in = up.cli_json(
@@ -291,7 +317,9 @@ fn seller(up: &Up, name: &str) -> (PathBuf, String) {
 fn create_product(up: &Up, session: &Path, title: &str) -> String {
     let product = up.cli_json(
         session,
-        &["products", "create", "--title", title, "--price", "9.99", "--json"],
+        &[
+            "products", "create", "--title", title, "--price", "9.99", "--json",
+        ],
         None,
     );
     product["id"].as_str().unwrap().to_owned()
@@ -329,7 +357,10 @@ async fn upload(
             Ok(response) => {
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
-                assert!(Instant::now() < deadline, "upload kept failing: {status} {text}");
+                assert!(
+                    Instant::now() < deadline,
+                    "upload kept failing: {status} {text}"
+                );
             }
             Err(error) => assert!(Instant::now() < deadline, "upload kept failing: {error}"),
         }
@@ -343,7 +374,11 @@ async fn settled(up: &Up, token: &str, image_id: &str, within: Duration) -> cata
     let deadline = Instant::now() + within;
     let mut last = None;
     loop {
-        if let Ok(channel) = Channel::from_shared(up.gateway.clone()).unwrap().connect().await {
+        if let Ok(channel) = Channel::from_shared(up.gateway.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
             let mut catalog = CatalogServiceClient::new(channel);
             if let Ok(response) = catalog
                 .get_image(bearer(
@@ -418,17 +453,9 @@ async fn thumbnail_keys(
 }
 
 fn assert_ready_with_three_variants(image: &catalog_pb::Image) {
-    assert_eq!(
-        image.state(),
-        catalog_pb::ImageState::Ready,
-        "{image:?}"
-    );
+    assert_eq!(image.state(), catalog_pb::ImageState::Ready, "{image:?}");
     let names: BTreeSet<&str> = image.variants.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(
-        names,
-        BTreeSet::from(["w160", "w320", "w640"]),
-        "{image:?}"
-    );
+    assert_eq!(names, BTreeSet::from(["w160", "w320", "w640"]), "{image:?}");
     assert_eq!(image.variants.len(), 3, "no duplicate variants: {image:?}");
 }
 
@@ -443,7 +470,13 @@ async fn seed_scenario_through_the_client_commands() {
     std::fs::write(&photo, images::jpeg(4000, 3000)).unwrap();
     let created = up.cli_json(
         &session,
-        &["upload", photo.to_str().unwrap(), "--product", &product, "--json"],
+        &[
+            "upload",
+            photo.to_str().unwrap(),
+            "--product",
+            &product,
+            "--json",
+        ],
         None,
     );
     assert_eq!(created["state"], "PROCESSING", "{created}");
@@ -477,7 +510,10 @@ async fn seed_scenario_through_the_client_commands() {
     let forged = reqwest::Client::new()
         .post(format!("{}/internal/thumbnail", up.edge))
         .header("content-type", "application/x-protobuf")
-        .header("x-storemesh-delivery-timestamp", storemesh_system_tests::unix_now().to_string())
+        .header(
+            "x-storemesh-delivery-timestamp",
+            storemesh_system_tests::unix_now().to_string(),
+        )
         .header("x-storemesh-signature", format!("v1={}", "ab".repeat(32)))
         .body(vec![1, 2, 3])
         .send()
@@ -503,10 +539,22 @@ async fn fifty_concurrent_uploads_all_become_ready() {
         let (token, product) = sellers[n % sellers.len()].clone();
         let (http, edge, photo) = (http.clone(), up.edge.clone(), photo.clone());
         uploads.spawn(async move {
-            let (status, body) =
-                upload(&http, &edge, &token, &product, "image/jpeg", photo, &format!("k{n}")).await;
+            let (status, body) = upload(
+                &http,
+                &edge,
+                &token,
+                &product,
+                "image/jpeg",
+                photo,
+                &format!("k{n}"),
+            )
+            .await;
             assert_eq!(status, 201, "{body}");
-            (token, product, body["image_id"].as_str().unwrap().to_owned())
+            (
+                token,
+                product,
+                body["image_id"].as_str().unwrap().to_owned(),
+            )
         });
     }
     let created: Vec<(String, String, String)> = uploads.join_all().await;
@@ -514,7 +562,12 @@ async fn fifty_concurrent_uploads_all_become_ready() {
     for (token, product, image_id) in &created {
         let image = settled(&up, token, image_id, Duration::from_secs(300)).await;
         assert_ready_with_three_variants(&image);
-        assert_eq!(thumbnail_keys(&mut storage, token, product, image_id).await.len(), 3);
+        assert_eq!(
+            thumbnail_keys(&mut storage, token, product, image_id)
+                .await
+                .len(),
+            3
+        );
     }
     let distinct: BTreeSet<&String> = created.iter().map(|(_, _, id)| id).collect();
     assert_eq!(distinct.len(), 50);
@@ -532,7 +585,10 @@ async fn uploads_survive_killed_processes_and_a_redis_restart() {
 
     let mut keys = Vec::new();
     let mut created: BTreeMap<String, String> = BTreeMap::new();
-    for (round, victim) in ["dispatcher", "edge", "storage", "redis"].iter().enumerate() {
+    for (round, victim) in ["dispatcher", "edge", "storage", "redis"]
+        .iter()
+        .enumerate()
+    {
         let mut uploads = tokio::task::JoinSet::new();
         for n in 0..6 {
             let key = format!("r{round}-{n}");
@@ -564,7 +620,12 @@ async fn uploads_survive_killed_processes_and_a_redis_restart() {
     for image_id in created.values() {
         let image = settled(&up, &token, image_id, Duration::from_secs(300)).await;
         assert_ready_with_three_variants(&image);
-        assert_eq!(thumbnail_keys(&mut storage, &token, &product, image_id).await.len(), 3);
+        assert_eq!(
+            thumbnail_keys(&mut storage, &token, &product, image_id)
+                .await
+                .len(),
+            3
+        );
     }
     // One image per idempotency key: nothing duplicated by the retries.
     let mut catalog = CatalogServiceClient::new(up.channel().await);
@@ -607,11 +668,23 @@ async fn hostile_uploads_fail_cleanly_next_to_good_ones() {
     .into_iter()
     .enumerate()
     {
-        let (http, edge, token, product) =
-            (http.clone(), up.edge.clone(), token.clone(), product.clone());
+        let (http, edge, token, product) = (
+            http.clone(),
+            up.edge.clone(),
+            token.clone(),
+            product.clone(),
+        );
         uploads.spawn(async move {
-            let (status, body) =
-                upload(&http, &edge, &token, &product, content_type, bytes, &format!("h{n}")).await;
+            let (status, body) = upload(
+                &http,
+                &edge,
+                &token,
+                &product,
+                content_type,
+                bytes,
+                &format!("h{n}"),
+            )
+            .await;
             assert_eq!(status, 201, "{n}: {body}");
             (n, body["image_id"].as_str().unwrap().to_owned())
         });
@@ -622,7 +695,11 @@ async fn hostile_uploads_fail_cleanly_next_to_good_ones() {
     for (n, image_id) in &created {
         let image = settled(&up, &token, image_id, Duration::from_secs(300)).await;
         if [1, 3].contains(n) {
-            assert_eq!(image.state(), catalog_pb::ImageState::Failed, "{n}: {image:?}");
+            assert_eq!(
+                image.state(),
+                catalog_pb::ImageState::Failed,
+                "{n}: {image:?}"
+            );
             assert!(!image.failure_reason.is_empty());
             failed_ids.push(image_id.clone());
         } else {
@@ -633,18 +710,12 @@ async fn hostile_uploads_fail_cleanly_next_to_good_ones() {
     let admin_session = up.data.path().join("unused-session.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let output = up.cli(
-            &admin_session,
-            &[
-                "events",
-                "dlq",
-                "list",
-                "--json",
-            ],
-            None,
-        );
+        let output = up.cli(&admin_session, &["events", "dlq", "list", "--json"], None);
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        if failed_ids.iter().all(|id| text.contains(&format!("/originals/{id}"))) {
+        if failed_ids
+            .iter()
+            .all(|id| text.contains(&format!("/originals/{id}")))
+        {
             break;
         }
         assert!(
