@@ -358,6 +358,23 @@ fn main() {
         check_outputs(work, &["v160.jpg", "v320.jpg", "v640.jpg"]);
         series
     });
+    // What one vipsthumbnail process costs at the least: the 640 alone, and its start-up.
+    let vips_single = vips.is_some().then(|| {
+        let (mut single, mut startup) = (Series::default(), Series::default());
+        for _ in 0..runs {
+            timed_process(
+                &format!("vipsthumbnail '{input_arg}' -s 640 -o '{w}/s640.jpg[Q={QUALITY}]'"),
+                &[],
+                &mut single,
+            );
+            timed_process(
+                "vipsthumbnail --vips-version > /dev/null",
+                &[],
+                &mut startup,
+            );
+        }
+        (single, startup)
+    });
     let convert_script = format!(
         "/usr/bin/convert -define jpeg:size=1280x1280 '{input_arg}' -quality {QUALITY} \
          -thumbnail 640x640 -write '{w}/m640.jpg' -thumbnail 320x320 -write '{w}/m320.jpg' \
@@ -399,6 +416,10 @@ fn main() {
         Some(series) => row("vipsthumbnail ×3 (baseline)", series),
         None => println!("| vipsthumbnail | skipped: libvips-tools not installable | | | | |"),
     }
+    if let Some((single, startup)) = &vips_single {
+        row("vipsthumbnail, the 640 only (1 process)", single);
+        row("vipsthumbnail start-up only (--vips-version)", startup);
+    }
     match &convert {
         Some(series) => row("ImageMagick convert -thumbnail", series),
         None => println!("| ImageMagick convert | skipped: imagemagick not installable | | | | |"),
@@ -435,6 +456,20 @@ fn main() {
             ours.wall() / convert.wall(),
             ours.wall() / vips.wall()
         );
+    }
+    if let Some((single, _)) = &vips_single {
+        println!(
+            "ours/vips with vips making the 640 only (1 process, wall): native {:.2}, wasm request {:.2}",
+            ours.wall() / single.wall(),
+            wasm.as_ref()
+                .map_or(f64::NAN, |wasm| median(&wasm.request_ms) / single.wall())
+        );
+        if let Some(vips) = &vips {
+            println!(
+                "CPU time (user+sys), ours native process / vipsthumbnail ×3: {:.2}",
+                median(&ours.cpu_ms) / median(&vips.cpu_ms)
+            );
+        }
     }
     println!();
     println!("Goals: wasm ≤ 1.0× vipsthumbnail, native ≤ 0.5× vipsthumbnail (wall time).");
