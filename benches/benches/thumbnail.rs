@@ -184,6 +184,7 @@ struct Wasm {
     request_ms: Vec<f64>,
     pipeline_ms: Vec<f64>,
     rss_growth_kib: u64,
+    simd: String,
 }
 
 fn status_kib(field: &str) -> u64 {
@@ -247,6 +248,12 @@ fn wasm_runs(input: &[u8], runs: usize, expected: &str) -> Result<Wasm, String> 
             let started = Instant::now();
             let response = sender.send_request(request).await.unwrap();
             let status = response.status();
+            let simd = response
+                .headers()
+                .get("x-resize-simd")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_owned();
             let micros: f64 = response
                 .headers()
                 .get("x-pipeline-micros")
@@ -255,10 +262,10 @@ fn wasm_runs(input: &[u8], runs: usize, expected: &str) -> Result<Wasm, String> 
             let text = response.into_body().collect().await.unwrap().to_bytes();
             let elapsed = started.elapsed();
             let text = String::from_utf8_lossy(&text).into_owned();
-            (status, text, elapsed, micros)
+            (status, text, elapsed, micros, simd)
         };
         // Warm-up: compiles (or loads from the cache) and instantiates once.
-        let (status, text, _, _) = send(body.clone()).await;
+        let (status, text, _, _, simd) = send(body.clone()).await;
         if status != 200 {
             return Err(format!("fixture answered {status}: {text}"));
         }
@@ -269,9 +276,10 @@ fn wasm_runs(input: &[u8], runs: usize, expected: &str) -> Result<Wasm, String> 
             request_ms: Vec::new(),
             pipeline_ms: Vec::new(),
             rss_growth_kib: 0,
+            simd,
         };
         for _ in 0..runs {
-            let (status, text, elapsed, micros) = send(body.clone()).await;
+            let (status, text, elapsed, micros, _) = send(body.clone()).await;
             assert_eq!(status, 200, "{text}");
             wasm.request_ms.push(elapsed.as_secs_f64() * 1e3);
             wasm.pipeline_ms.push(micros / 1e3);
@@ -328,7 +336,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("variants: {expected}");
+    println!(
+        "variants: {expected}; native resize SIMD: {}",
+        storemesh_imaging::resize_simd()
+    );
     let mut in_process = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
@@ -357,6 +368,23 @@ fn main() {
         }
         check_outputs(work, &["v160.jpg", "v320.jpg", "v640.jpg"]);
         series
+    });
+    // What one vipsthumbnail process costs at the least: the 640 alone, and its start-up.
+    let vips_single = vips.is_some().then(|| {
+        let (mut single, mut startup) = (Series::default(), Series::default());
+        for _ in 0..runs {
+            timed_process(
+                &format!("vipsthumbnail '{input_arg}' -s 640 -o '{w}/s640.jpg[Q={QUALITY}]'"),
+                &[],
+                &mut single,
+            );
+            timed_process(
+                "vipsthumbnail --vips-version > /dev/null",
+                &[],
+                &mut startup,
+            );
+        }
+        (single, startup)
     });
     let convert_script = format!(
         "/usr/bin/convert -define jpeg:size=1280x1280 '{input_arg}' -quality {QUALITY} \
@@ -399,6 +427,10 @@ fn main() {
         Some(series) => row("vipsthumbnail ×3 (baseline)", series),
         None => println!("| vipsthumbnail | skipped: libvips-tools not installable | | | | |"),
     }
+    if let Some((single, startup)) = &vips_single {
+        row("vipsthumbnail, the 640 only (1 process)", single);
+        row("vipsthumbnail start-up only (--vips-version)", startup);
+    }
     match &convert {
         Some(series) => row("ImageMagick convert -thumbnail", series),
         None => println!("| ImageMagick convert | skipped: imagemagick not installable | | | | |"),
@@ -413,7 +445,8 @@ fn main() {
     match &wasm {
         Ok(wasm) => {
             println!(
-                "| ours wasm on the edge runtime, request | {:.1} | {} | — | +{:.1} (process growth) | {} |",
+                "| ours wasm on the edge runtime, request (resize SIMD: {}) | {:.1} | {} | — | +{:.1} (process growth) | {} |",
+                wasm.simd,
                 median(&wasm.request_ms),
                 fmt_spread(&wasm.request_ms),
                 wasm.rss_growth_kib as f64 / 1024.0,
@@ -435,6 +468,20 @@ fn main() {
             ours.wall() / convert.wall(),
             ours.wall() / vips.wall()
         );
+    }
+    if let Some((single, _)) = &vips_single {
+        println!(
+            "ours/vips with vips making the 640 only (1 process, wall): native {:.2}, wasm request {:.2}",
+            ours.wall() / single.wall(),
+            wasm.as_ref()
+                .map_or(f64::NAN, |wasm| median(&wasm.request_ms) / single.wall())
+        );
+        if let Some(vips) = &vips {
+            println!(
+                "CPU time (user+sys), ours native process / vipsthumbnail ×3: {:.2}",
+                median(&ours.cpu_ms) / median(&vips.cpu_ms)
+            );
+        }
     }
     println!();
     println!("Goals: wasm ≤ 1.0× vipsthumbnail, native ≤ 0.5× vipsthumbnail (wall time).");

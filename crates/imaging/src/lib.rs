@@ -77,3 +77,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// The SIMD instruction set the resizer uses on this build and CPU (`Avx2`, `Sse4_1`, `Neon`,
+/// `Simd128` for wasm built with `+simd128`, or `None`), for logs and benchmark reports.
+pub fn resize_simd() -> String {
+    format!("{:?}", fast_image_resize::Resizer::new().cpu_extensions())
+}
