@@ -38,8 +38,13 @@ fn address() -> String {
     format!("127.0.0.1:{}", free_port().unwrap())
 }
 
+/// One whole system at a time: each test runs seven processes, and two machines' worth of
+/// them on two cores would measure the machine rather than Storemesh.
+static ONE_SYSTEM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A running `storemesh up` on free ports, with its output collected.
 struct Up {
+    _exclusive: std::sync::MutexGuard<'static, ()>,
     child: Child,
     lines: mpsc::Receiver<String>,
     output: Arc<Mutex<Vec<String>>>,
@@ -69,6 +74,10 @@ impl Drop for Up {
 
 impl Up {
     fn start() -> Self {
+        // A test that failed while holding the lock poisons it; the next one may still run.
+        let exclusive = ONE_SYSTEM_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // reqwest is built without a bundled TLS provider (as in the services).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data = tempfile::tempdir().unwrap();
@@ -127,6 +136,7 @@ impl Up {
             });
         }
         let mut up = Self {
+            _exclusive: exclusive,
             child,
             lines,
             output,
@@ -260,9 +270,12 @@ fn try_child_pid(parent: u32, service: &str) -> Option<u32> {
         let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let arguments: Vec<&[u8]> = command_line.split(|b| *b == 0).collect();
         let matches = if service == "redis" {
-            arguments
-                .first()
-                .is_some_and(|program| program.ends_with(b"redis-server"))
+            // redis-server rewrites its title to `redis-server <addr>:<port>`.
+            arguments.first().is_some_and(|program| {
+                program
+                    .windows(b"redis-server".len())
+                    .any(|window| window == b"redis-server")
+            })
         } else {
             arguments
                 .windows(2)
