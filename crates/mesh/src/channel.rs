@@ -19,6 +19,7 @@ const IDEMPOTENT_METHODS: &[&str] = &[
     "/storemesh.catalog.v1.CatalogService/ListProducts",
     "/storemesh.catalog.v1.CatalogService/GetImage",
     "/storemesh.catalog.v1.CatalogService/ListProductImages",
+    "/storemesh.catalog.v1.CatalogService/ListImages",
     "/storemesh.catalog.v1.CatalogService/AttachImage",
     "/storemesh.catalog.v1.CatalogService/RecordVariant",
     "/storemesh.catalog.v1.CatalogService/MarkImageFailed",

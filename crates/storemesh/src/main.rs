@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Storage events: the dispatcher's dead-letter stream, and `tail`.
+    Events {
+        #[command(subcommand)]
+        command: storemesh_dispatcher::cli::EventsCommand,
+    },
     /// Gateway administration.
     Gateway {
         #[command(subcommand)]
@@ -192,6 +197,10 @@ fn main() -> ExitCode {
             }
             Command::Images { command, opts } => {
                 client::Client::connect(&opts).await?.images(command).await
+            }
+            Command::Events { command } => {
+                let loader = storemesh_runtime::ConfigLoader::load(cli.config.as_deref())?;
+                Ok(storemesh_dispatcher::cli::run(command, &loader).await?)
             }
         }
     });

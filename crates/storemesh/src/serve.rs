@@ -15,17 +15,20 @@ pub enum Service {
     Gateway,
     /// The embedded Spin-compatible edge runtime (HTTP, not gRPC).
     Edge,
+    /// The event dispatcher (storage events → edge functions and mesh services).
+    Dispatcher,
 }
 
 impl Service {
     /// In start order: the gateway once what it routes to is up, then the edge functions,
-    /// which call the mesh through the gateway.
+    /// which call the mesh through the gateway, then the dispatcher, which delivers to them.
     pub const ALL: &[Service] = &[
         Service::Auth,
         Service::Catalog,
         Service::Storage,
         Service::Gateway,
         Service::Edge,
+        Service::Dispatcher,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Service {
             Service::Storage => "storage",
             Service::Gateway => "gateway",
             Service::Edge => "edge",
+            Service::Dispatcher => "dispatcher",
         }
     }
 
@@ -56,6 +60,11 @@ impl Service {
             Service::Gateway => {
                 loader
                     .section::<storemesh_gateway::GatewayConfig>("gateway")?
+                    .server
+            }
+            Service::Dispatcher => {
+                loader
+                    .section::<storemesh_dispatcher::DispatcherConfig>("dispatcher")?
                     .server
             }
             Service::Edge => {
@@ -99,6 +108,14 @@ pub async fn run(service: Service, config: Option<&Path>) -> anyhow::Result<()> 
                 .await
                 .context("gateway failed to start")?;
             gateway.run(shutdown::signal()).await;
+            return Ok(());
+        }
+        Service::Dispatcher => {
+            let settings = storemesh_dispatcher::DispatcherSettings::load(&loader)?;
+            let dispatcher = storemesh_dispatcher::build(settings)
+                .await
+                .context("dispatcher failed to start")?;
+            dispatcher.run(shutdown::signal()).await?;
             return Ok(());
         }
         Service::Edge => {

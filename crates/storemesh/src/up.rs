@@ -34,8 +34,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 6379)]
     redis_port: u16,
     /// Seconds to wait for every service to become ready.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 120)]
     ready_timeout: u64,
+    /// Do not build the edge functions; use the `.wasm` files already built.
+    #[arg(long)]
+    no_build: bool,
 }
 
 const ADMIN_EMAIL: &str = "admin@storemesh.local";
@@ -254,6 +257,12 @@ fn service_account_env(
             "STOREMESH_CATALOG__SERVICE_CLIENT_SECRET",
         ),
         (
+            "dispatcher",
+            storemesh_dispatcher::config::SERVICE_SCOPES,
+            "STOREMESH_DISPATCHER__SERVICE_CLIENT_ID",
+            "STOREMESH_DISPATCHER__SERVICE_CLIENT_SECRET",
+        ),
+        (
             "thumbnail",
             &[
                 "storage.read",
@@ -291,10 +300,11 @@ fn edge_env(
     loader: &ConfigLoader,
     data_dir: &Path,
     gateway: Option<SocketAddr>,
+    build: bool,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let edge_config = storemesh_edge::EdgeSettings::load(loader)?.edge;
     let tokens: storemesh_runtime::auth::TokensConfig = loader.section("tokens")?;
-    let manifest = edge::prepare(&edge_config.manifest, &data_dir.join("edge"))?;
+    let manifest = edge::prepare(&edge_config.manifest, &data_dir.join("edge"), build)?;
     let mut env = vec![
         (
             "STOREMESH_EDGE__MANIFEST".to_owned(),
@@ -325,6 +335,51 @@ fn edge_env(
         env.push((
             "STOREMESH_EDGE__VARIABLES__GATEWAY_URL".to_owned(),
             format!("http://{gateway}"),
+        ));
+    }
+    Ok(env)
+}
+
+/// The dispatcher finds catalog and storage where they really listen, delivers originals to
+/// the thumbnail function of the local edge runtime, signs with the shared secret, and keeps
+/// one consumer name across restarts so a restarted dispatcher resumes its unacknowledged
+/// events at once. Settings configured explicitly are left alone.
+fn dispatcher_env(
+    loader: &ConfigLoader,
+    data_dir: &Path,
+    catalog: Option<SocketAddr>,
+    storage: Option<SocketAddr>,
+    edge: Option<SocketAddr>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let configured: storemesh_dispatcher::DispatcherConfig = loader.section("dispatcher")?;
+    let mut env = Vec::new();
+    if configured.signing_secrets.is_empty() {
+        env.push((
+            "STOREMESH_DISPATCHER__SIGNING_SECRETS".to_owned(),
+            format!("[\"{}\"]", delivery_secret(data_dir)?),
+        ));
+    }
+    if configured.consumer.is_empty() {
+        env.push((
+            "STOREMESH_DISPATCHER__CONSUMER".to_owned(),
+            "storemesh-up".to_owned(),
+        ));
+    }
+    for (name, addr) in [("CATALOG", catalog), ("STORAGE", storage)] {
+        if let Some(addr) = addr {
+            env.push((
+                format!("STOREMESH_DISPATCHER__{name}__ADDRESSES"),
+                format!("[\"{addr}\"]"),
+            ));
+        }
+    }
+    if let Some(mut edge) = edge {
+        if edge.ip().is_unspecified() {
+            edge.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        env.push((
+            "STOREMESH_DISPATCHER__TARGETS__THUMBNAIL__URL".to_owned(),
+            format!("http://{edge}/internal/thumbnail"),
         ));
     }
     Ok(env)
@@ -494,8 +549,20 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     }
     cross_env.extend(service_account_env(&loader, &data_dir)?);
     if servers.iter().any(|(service, _)| *service == Service::Edge) {
-        cross_env.extend(edge_env(&loader, &data_dir, address_of(Service::Gateway))?);
+        cross_env.extend(edge_env(
+            &loader,
+            &data_dir,
+            address_of(Service::Gateway),
+            !args.no_build,
+        )?);
     }
+    cross_env.extend(dispatcher_env(
+        &loader,
+        &data_dir,
+        address_of(Service::Catalog),
+        address_of(Service::Storage),
+        address_of(Service::Edge),
+    )?);
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
     for (service, upstream) in [
         (Service::Auth, "auth"),

@@ -36,7 +36,9 @@ impl Up {
             .arg("up")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--redis-port", &redis_port.to_string()])
+            .args(["--redis-port", &redis_port.to_string(), "--no-build"])
+            // As a user runs it: from the repository root, where `spin.toml` is.
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .env_remove("REDIS_URL")
             .envs(envs.iter().map(|(k, v)| (*k, v.clone())))
             .stdout(Stdio::piped())
@@ -167,6 +169,14 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
         (
             "STOREMESH_AUTH__SERVER__LISTEN",
             format!("127.0.0.1:{grpc_port}"),
+        ),
+        (
+            "STOREMESH_EDGE__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_EDGE__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
         ),
         (
             "STOREMESH_AUTH__SERVER__ADMIN_LISTEN",
@@ -318,6 +328,14 @@ fn up_fails_fast_when_a_port_is_taken() {
         ),
         (
             "STOREMESH_GATEWAY__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_EDGE__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_EDGE__ADMIN_LISTEN",
             format!("127.0.0.1:{}", free_port().unwrap()),
         ),
     ];

@@ -101,7 +101,7 @@ pub struct RateLimitConfig {
     pub register_per_account: u64,
     /// Refresh calls per client address per window.
     pub refresh_per_address: u64,
-    /// Service token requests per client id per window.
+    /// Service token requests per client id (and per client address) per window.
     pub service_token_per_client: u64,
 }
 
@@ -114,7 +114,13 @@ impl Default for RateLimitConfig {
             register_per_address: 30,
             register_per_account: 5,
             refresh_per_address: 120,
-            service_token_per_client: 60,
+            // The thumbnail function runs as a Spin component: an instance lives for one request
+            // and cannot keep a token, so it asks for one per event delivery (50 concurrent
+            // uploads → 50 tokens within seconds). Service secrets are long random strings, so
+            // this limit guards the Argon2 cost, not guessing: 1200 per minute (20/s) covers
+            // a busy edge while still capping a runaway or leaked client. The address limit
+            // uses the same number because calls arrive through the gateway's one address.
+            service_token_per_client: 1_200,
         }
     }
 }

@@ -27,8 +27,18 @@ pub fn member_id(member: &str) -> Option<&str> {
 /// What a token was issued for: the listing and its filter values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listing<'a> {
-    Products { seller_id: &'a str, tag: &'a str },
-    Images { product_id: &'a str },
+    Products {
+        seller_id: &'a str,
+        tag: &'a str,
+    },
+    Images {
+        product_id: &'a str,
+    },
+    /// `ListImages`: images in a state updated before a time (ms; `-1` = no bound).
+    ImagesByState {
+        state: &'a str,
+        before_ms: i64,
+    },
 }
 
 impl Listing<'_> {
@@ -37,6 +47,7 @@ impl Listing<'_> {
         match self {
             Listing::Products { seller_id, tag } => format!("p,{seller_id},{tag}"),
             Listing::Images { product_id } => format!("i,{product_id}"),
+            Listing::ImagesByState { state, before_ms } => format!("s,{state},{before_ms}"),
         }
     }
 }

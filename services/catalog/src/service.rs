@@ -123,6 +123,37 @@ fn retag(commit: &mut Commit, product: &ProductRecord, old: &[String], new: &[St
     }
 }
 
+/// Moves an image between the per-state indexes `ListImages` reads: out of the old record's
+/// state and update time, into the new one's (either may be absent: attach, delete).
+fn reindex(commit: &mut Commit, old: Option<&ImageRecord>, new: Option<&ImageRecord>) {
+    if let Some(old) = old {
+        commit.index_remove(
+            keys::images_in_state(old.state.as_str()),
+            &paging::member(old.update_ms, &old.id),
+        );
+    }
+    if let Some(new) = new {
+        commit.index_add(
+            keys::images_in_state(new.state.as_str()),
+            &paging::member(new.update_ms, &new.id),
+        );
+    }
+}
+
+/// `ListImages` is for operators and background jobs: admins and service accounts with
+/// `catalog.read`.
+fn require_image_lister(identity: &Identity) -> ServiceResult<()> {
+    if identity.is_admin() {
+        Ok(())
+    } else if identity.is_service() {
+        identity.require_scope(scopes::CATALOG_READ)
+    } else {
+        Err(ServiceError::PermissionDenied(
+            "ListImages is for admins and service accounts with scope catalog.read".into(),
+        ))
+    }
+}
+
 /// Queues the deletion of every stored object of `image` in the clean-up outbox.
 fn queue_cleanup(commit: &mut Commit, image: &ImageRecord, reason: &str) {
     for key in image.storage_keys() {
@@ -570,6 +601,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 commit.index_remove(index, &member);
             }
             for image in &snapshot.images {
+                reindex(&mut commit, Some(image), None);
                 commit.delete(keys::image(&image.id));
                 commit.delete(keys::image_events(&image.id));
                 queue_cleanup(&mut commit, image, "product deleted");
@@ -655,6 +687,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 validate::MAX_IMAGES_PER_PRODUCT,
             );
             commit.put_hash(keys::image(image_id), image.to_fields()?);
+            reindex(&mut commit, None, Some(&image));
             commit.index_add(
                 keys::product_images(product_id),
                 &paging::member(now, image_id),
@@ -741,6 +774,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             commit.expect_not_member("event", keys::image_events(image_id), event_id);
             if let Some(next) = &next {
                 commit.put_hash(keys::image(image_id), next.to_fields()?);
+                reindex(&mut commit, Some(&image), Some(next));
                 commit.publish(
                     &image.product_id,
                     change(Change::ImageUpdated(next.to_proto()), next.update_ms),
@@ -814,6 +848,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 &image.rev.to_string(),
             );
             commit.put_hash(keys::image(image_id), failed.to_fields()?);
+            reindex(&mut commit, Some(&image), Some(&failed));
             commit.publish(
                 &image.product_id,
                 change(Change::ImageUpdated(failed.to_proto()), now),
@@ -920,6 +955,87 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         }))
     }
 
+    async fn list_images(
+        &self,
+        request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        require_image_lister(caller(&request)?)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let state = match pb::ImageState::try_from(request.state) {
+            Ok(pb::ImageState::Processing) => Some(ImageState::Processing),
+            Ok(pb::ImageState::Ready) => Some(ImageState::Ready),
+            Ok(pb::ImageState::Failed) => Some(ImageState::Failed),
+            Ok(pb::ImageState::Unspecified) | Err(_) => {
+                violations.add(
+                    "state",
+                    "must be IMAGE_STATE_PROCESSING, IMAGE_STATE_READY or IMAGE_STATE_FAILED",
+                );
+                None
+            }
+        };
+        let before_ms = match &request.updated_before {
+            None => None,
+            Some(time) if time.seconds >= 0 && (0..1_000_000_000).contains(&time.nanos) => {
+                Some(time.seconds.saturating_mul(1000) + i64::from(time.nanos / 1_000_000))
+            }
+            Some(_) => {
+                violations.add(
+                    "updated_before",
+                    "must be a valid timestamp not before 1970 (nanos 0 to 999999999)",
+                );
+                None
+            }
+        };
+        let page_size = validate::page_size(&mut violations, request.page_size);
+        let state_name = state.map_or("", ImageState::as_str);
+        let listing = Listing::ImagesByState {
+            state: state_name,
+            before_ms: before_ms.unwrap_or(-1),
+        };
+        let after = match paging::decode(&listing, &request.page_token) {
+            Ok(after) => after,
+            Err(error) => {
+                violations.add("page_token", error.to_string());
+                None
+            }
+        };
+        violations.into_result()?;
+        // Members are `{update_ms:016}:{id}`: everything strictly below `{before_ms:016}:` was
+        // updated before the bound.
+        let before = before_ms.map(|ms| format!("{:016}:", ms.max(0)));
+        let (members, more) = self
+            .store
+            .range_before(
+                &keys::images_in_state(state_name),
+                after.as_deref(),
+                before.as_deref(),
+                page_size,
+            )
+            .await?;
+        let ids: Vec<&str> = members
+            .iter()
+            .filter_map(|m| paging::member_id(m))
+            .collect();
+        // An image that changed between the index read and now is skipped if it left the state.
+        let images: Vec<pb::Image> = self
+            .store
+            .images(&ids)
+            .await?
+            .iter()
+            .filter(|image| Some(image.state) == state)
+            .map(ImageRecord::to_proto)
+            .collect();
+        let next_page_token = match (more, members.last()) {
+            (true, Some(last)) => paging::encode(&listing, last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListImagesResponse {
+            images,
+            next_page_token,
+        }))
+    }
+
     async fn delete_image(
         &self,
         request: Request<pb::DeleteImageRequest>,
@@ -950,6 +1066,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 "rev",
                 &image.rev.to_string(),
             );
+            reindex(&mut commit, Some(&image), None);
             commit.delete(keys::image(&image_id));
             commit.delete(keys::image_events(&image_id));
             commit.index_remove(

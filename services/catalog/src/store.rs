@@ -9,6 +9,7 @@
 //! | `catalog:product:{id}:changes` | string | change counter of the product and its images (see [`crate::watch`]) |
 //! | `catalog:image:{id}` | hash | `product_id`, `storage_key`, `content_type`, `size_bytes`, `width`, `height`, `state`, `failure_reason`, `variants` (JSON list), `rev`, `create_ms`, `update_ms` |
 //! | `catalog:image:{id}:events` | set | event ids `RecordVariant` has applied to the image |
+//! | `catalog:images:{state}` | sorted set | images in `state` (`processing`, `ready`, `failed`), member `{update_ms:016}:{image_id}`, for `ListImages` |
 //! | `catalog:products` | sorted set | every product, member `{create_ms:016}:{product_id}` |
 //! | `catalog:seller:{seller_id}:products` | sorted set | the seller's products, same members |
 //! | `catalog:tag:{tag}:products` | sorted set | products with the tag, same members |
@@ -18,7 +19,9 @@
 //! | `catalog:watch:{product_id}` | pub/sub channel | `{change_number}:{encoded WatchProductResponse}` |
 //!
 //! All sorted sets use score 0 and lexicographic order, which is the listing order (create
-//! time, then id; see [`crate::paging`]).
+//! time, then id; see [`crate::paging`]; the per-state image sets order by update time). Every
+//! commit that changes an image's state or update time moves its member between the per-state
+//! sets in the same script, so `ListImages` never sees an image in a state it has left.
 //!
 //! # Writes
 //!
@@ -59,6 +62,11 @@ pub mod keys {
 
     pub fn image(id: &str) -> String {
         format!("{IMAGE_PREFIX}{id}")
+    }
+
+    /// Images in `state` (an `ImageState::as_str`), ordered by update time.
+    pub fn images_in_state(state: &str) -> String {
+        format!("catalog:images:{state}")
     }
 
     pub fn image_events(id: &str) -> String {
@@ -450,6 +458,48 @@ impl Store {
         let more = members.len() > limit;
         members.truncate(limit);
         Ok((members, more))
+    }
+
+    /// Up to `limit` members of the index after `after` and strictly before `before`, and
+    /// whether more follow.
+    pub async fn range_before(
+        &self,
+        index: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> ServiceResult<(Vec<String>, bool)> {
+        let start = after.map_or_else(|| "-".to_owned(), |member| format!("({member}"));
+        let end = before.map_or_else(|| "+".to_owned(), |member| format!("({member}"));
+        let mut members: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(index)
+            .arg(start)
+            .arg(end)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 1)
+            .query_async(&mut self.connection())
+            .await?;
+        let more = members.len() > limit;
+        members.truncate(limit);
+        Ok((members, more))
+    }
+
+    /// The images with these ids (missing ones skipped), in the given order.
+    pub async fn images(&self, ids: &[&str]) -> ServiceResult<Vec<ImageRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(keys::image(id));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.connection()).await?;
+        let mut images = Vec::with_capacity(hashes.len());
+        for (id, fields) in ids.iter().zip(hashes) {
+            images.extend(ImageRecord::from_fields(id, fields)?);
+        }
+        Ok(images)
     }
 
     pub async fn products(&self, ids: &[&str]) -> ServiceResult<Vec<ProductRecord>> {

@@ -7,12 +7,16 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// Builds the components of `manifest` (when `edge-functions/Cargo.toml` sits next to it and
-/// `cargo` is available) and returns the path of a resolved manifest in `out_dir`.
-pub fn prepare(manifest: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
-    let manifest = manifest
-        .canonicalize()
-        .with_context(|| format!("cannot find the Spin manifest {}", manifest.display()))?;
+/// Builds the components of `manifest` (when asked and `edge-functions/Cargo.toml` sits next to
+/// it) and returns the path of a resolved manifest in `out_dir`.
+pub fn prepare(manifest: &Path, out_dir: &Path, build_components: bool) -> anyhow::Result<PathBuf> {
+    let manifest = manifest.canonicalize().with_context(|| {
+        format!(
+            "cannot find the Spin manifest {}: run `storemesh up` from the repository root or \
+                 set edge.manifest (STOREMESH_EDGE__MANIFEST)",
+            manifest.display()
+        )
+    })?;
     let app_dir = manifest.parent().unwrap_or(Path::new("/")).to_path_buf();
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
@@ -21,7 +25,7 @@ pub fn prepare(manifest: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
 
     let workspace = app_dir.join("edge-functions");
     let target_dir = build_target_dir(&workspace);
-    if workspace.join("Cargo.toml").is_file() {
+    if build_components && workspace.join("Cargo.toml").is_file() {
         build(&workspace, &target_dir, &document)?;
     }
 

@@ -7,6 +7,7 @@ mod harness;
 mod authorization;
 mod cleanup;
 mod images;
+mod list_images;
 mod products;
 mod validation;
 mod watch;

@@ -1,0 +1,198 @@
+//! Calling the Storemesh mesh from a Spin component.
+//!
+//! tonic's generated clients (from `storemesh-proto`, built without tonic's transport) run over
+//! [`MeshChannel`], a tower `Service` on WASI 0.2 outgoing HTTP ([`channel`]). Every call goes
+//! to the gateway, with a deadline (`grpc-timeout`, also enforced here). Unary, client-streaming
+//! and server-streaming calls work, and `grpc-status` is read from the trailers.
+//!
+//! The transport is chosen per application ([`Transport`], Spin variable `grpc_transport`):
+//! - `grpc-web` (default): gRPC-Web over HTTP/1.1 through `tonic_web::GrpcWebClientLayer`; works
+//!   on every Spin host with no special settings (Fermyon Cloud included);
+//! - `grpc`: native gRPC over HTTP/2. Cleartext (h2c) needs the host to speak HTTP/2 with prior
+//!   knowledge to the gateway (`SPIN_OUTBOUND_H2C_PRIOR_KNOWLEDGE=<authority>` for Spin, exactly
+//!   the authority of `gateway_url`); over TLS the host negotiates `h2` by ALPN.
+
+pub mod api;
+pub mod channel;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use channel::{BoxError, WasiHttpChannel};
+use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
+pub use storemesh_proto::{auth, catalog, events, storage};
+pub use tonic::{Code, Request, Status};
+
+/// How gRPC travels to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// gRPC-Web over HTTP/1.1 (the default).
+    GrpcWeb,
+    /// Native gRPC over HTTP/2 (h2c with prior knowledge, or TLS with ALPN `h2`).
+    Grpc,
+}
+
+impl FromStr for Transport {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim() {
+            "" | "grpc-web" => Ok(Self::GrpcWeb),
+            "grpc" => Ok(Self::Grpc),
+            other => Err(format!(
+                "grpc_transport must be `grpc-web` or `grpc`, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// A cloneable gRPC channel to the gateway in the chosen [`Transport`].
+#[derive(Debug, Clone)]
+pub struct MeshChannel {
+    inner: WasiHttpChannel,
+    transport: Transport,
+}
+
+/// The response future of [`MeshChannel`].
+pub type MeshFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for MeshChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = MeshFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        match self.transport {
+            Transport::Grpc => {
+                let future = self.inner.call(request);
+                Box::pin(async move { Ok(future.await?.map(tonic::body::Body::new)) })
+            }
+            Transport::GrpcWeb => {
+                let mut web = tonic_web::GrpcWebClientService::new(self.inner.clone());
+                let future = web.call(request);
+                Box::pin(async move { Ok(future.await?.map(tonic::body::Body::new)) })
+            }
+        }
+    }
+}
+
+/// Where the mesh is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// The gateway, `http://host:port` (or `https://`).
+    pub gateway_url: String,
+    pub transport: Transport,
+    /// Deadline of a call that does not set its own.
+    pub default_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl MeshConfig {
+    /// From the Spin variables `gateway_url`, `grpc_transport` (optional, `grpc-web`) and
+    /// `mesh_timeout_ms` (optional, 10000).
+    pub fn from_variables() -> Result<Self, String> {
+        let get = |name: &str| {
+            spin_sdk::variables::get(name).map_err(|error| format!("variable {name}: {error}"))
+        };
+        let optional = |name: &str| spin_sdk::variables::get(name).unwrap_or_default();
+        let timeout_ms = match optional("mesh_timeout_ms").trim() {
+            "" => 10_000,
+            value => value.parse::<u64>().map_err(|_| {
+                format!("mesh_timeout_ms must be a number of milliseconds, not {value:?}")
+            })?,
+        };
+        Ok(Self {
+            gateway_url: get("gateway_url")?,
+            transport: optional("grpc_transport").parse()?,
+            default_timeout: Duration::from_millis(timeout_ms),
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Message size limit for decoding answers (storage sends chunks of at most 1 MiB).
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Clients of every mesh service, all through the gateway.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    channel: MeshChannel,
+    default_timeout: Duration,
+}
+
+impl Mesh {
+    pub fn new(config: &MeshConfig) -> Result<Self, String> {
+        let uri: http::Uri = config
+            .gateway_url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|error| format!("gateway_url {:?}: {error}", config.gateway_url))?;
+        let inner = WasiHttpChannel::new(&uri, config.connect_timeout, config.default_timeout)?;
+        Ok(Self {
+            channel: MeshChannel {
+                inner,
+                transport: config.transport,
+            },
+            default_timeout: config.default_timeout,
+        })
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.channel.transport
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<MeshChannel> {
+        AuthServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn catalog(&self) -> CatalogServiceClient<MeshChannel> {
+        CatalogServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn storage(&self) -> StorageServiceClient<MeshChannel> {
+        StorageServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// A request with the default deadline and, when given, `authorization: Bearer <token>`.
+    pub fn request<T>(&self, message: T, token: Option<&str>) -> Request<T> {
+        self.request_with_timeout(message, token, self.default_timeout)
+    }
+
+    /// A request with `timeout` as its deadline.
+    pub fn request_with_timeout<T>(
+        &self,
+        message: T,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        if let Some(token) = token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+}
+
+/// `retry-after` seconds of a status (sent by rate limiters), if any.
+pub fn retry_after(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}

@@ -1,0 +1,916 @@
+//! The edge functions on the embedded edge runtime (the real `spin.toml`) against the real
+//! services: the upload hook's contract and every error class, the thumbnail function for each
+//! format and hostile inputs, signed deliveries, and both gRPC transports.
+#![allow(clippy::unwrap_used)]
+
+mod images;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use storemesh_gateway::config::GatewayRateLimit;
+use storemesh_proto::catalog::v1 as catalog_pb;
+use storemesh_proto::storage::v1 as storage_pb;
+use storemesh_system_tests::http::{self, Answer};
+use storemesh_system_tests::{EdgeTransport, Options, Role, System, bearer};
+
+fn upload_path(product_id: &str) -> String {
+    format!("/v1/products/{product_id}/images")
+}
+
+/// Fails with the whole answer when the status differs.
+fn expect_status(answer: &Answer, status: u16) {
+    assert_eq!(
+        answer.status,
+        status,
+        "answer: {} {:?} {}",
+        answer.status,
+        answer.headers,
+        answer.text()
+    );
+}
+
+/// A JSON error body with this status and code.
+fn expect_error(answer: &Answer, status: u16, code: &str) {
+    expect_status(answer, status);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/json"),
+        "{}",
+        answer.text()
+    );
+    let body = answer.json();
+    assert_eq!(body["error"]["status"], Value::from(status), "{body}");
+    assert_eq!(body["error"]["code"], Value::from(code), "{body}");
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{body}"
+    );
+}
+
+/// Downloads an object with the admin token.
+async fn download(
+    system: &System,
+    key: &str,
+) -> Result<(storage_pb::ObjectInfo, Vec<u8>), tonic::Status> {
+    let mut stream = system
+        .storage_client()
+        .await
+        .download(bearer(
+            storage_pb::DownloadRequest {
+                key: key.into(),
+                ..storage_pb::DownloadRequest::default()
+            },
+            &system.admin_token,
+        ))
+        .await?
+        .into_inner();
+    let mut info = None;
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.message().await? {
+        match message.payload {
+            Some(storage_pb::download_response::Payload::Info(object)) => info = Some(object),
+            Some(storage_pb::download_response::Payload::Chunk(chunk)) => {
+                bytes.extend_from_slice(&chunk);
+            }
+            None => {}
+        }
+    }
+    Ok((info.unwrap(), bytes))
+}
+
+struct Seller {
+    id: String,
+    token: String,
+    product: String,
+}
+
+async fn seller(system: &System, email: &str) -> Seller {
+    let (id, token) = system.user(email, Role::Seller).await;
+    let product = system.product(&token, "Lamp").await;
+    Seller { id, token, product }
+}
+
+async fn upload_happy_path(system: &System) {
+    let seller = seller(system, "seller@example.com").await;
+    let jpeg = images::jpeg(800, 600);
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            "image/jpeg",
+            jpeg.clone(),
+        )
+        .await;
+    expect_status(&answer, 201);
+    let body = answer.json();
+    let image_id = body["image_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        answer.header("location"),
+        Some(format!("/v1/images/{image_id}").as_str())
+    );
+    assert_eq!(body["product_id"], Value::from(seller.product.clone()));
+    let key = format!("products/{}/originals/{image_id}", seller.product);
+    assert_eq!(body["storage_key"], Value::from(key.clone()));
+    assert_eq!(body["content_type"], Value::from("image/jpeg"));
+    assert_eq!(body["size_bytes"], Value::from(jpeg.len()));
+    assert_eq!(body["width"], Value::from(800));
+    assert_eq!(body["height"], Value::from(600));
+    assert_eq!(body["state"], Value::from("PROCESSING"));
+
+    let (info, stored) = download(system, &key).await.unwrap();
+    assert_eq!(stored, jpeg, "the stored original is the uploaded file");
+    assert_eq!(info.owner, seller.id, "stored with the seller's identity");
+    let image = system.image(&image_id).await.unwrap();
+    assert_eq!(image.state(), catalog_pb::ImageState::Processing);
+    assert_eq!(image.storage_key, key);
+    assert_eq!((image.width, image.height), (800, 600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_stores_and_attaches_an_image_over_grpc_web() {
+    let system = System::start().await;
+    upload_happy_path(&system).await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_works_over_native_grpc_h2c() {
+    let system = System::start_with(Options {
+        transport: EdgeTransport::Grpc,
+        ..Options::default()
+    })
+    .await;
+    upload_happy_path(&system).await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_streams_a_large_upload_without_buffering_it() {
+    // 12 MiB of PNG: larger than the component could comfortably buffer several times, sent
+    // in many chunks through the client-streaming Upload.
+    let system = System::start_with(Options {
+        edge_max_memory_bytes: 32 * 1024 * 1024,
+        ..Options::default()
+    })
+    .await;
+    let seller = seller(&system, "big@example.com").await;
+    let png = images::noisy_png(2000, 1600);
+    assert!(png.len() > 8 * 1024 * 1024, "{}", png.len());
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            "image/png",
+            png.clone(),
+        )
+        .await;
+    expect_status(&answer, 201);
+    let key = answer.json()["storage_key"].as_str().unwrap().to_owned();
+    let (_, stored) = download(&system, &key).await.unwrap();
+    assert!(stored == png, "the stored original differs");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_answers_every_error_class_precisely() {
+    let mut variables = BTreeMap::new();
+    variables.insert("upload_max_bytes".to_owned(), (4 * 1024 * 1024).to_string());
+    variables.insert("max_pixels".to_owned(), "4000000".to_owned());
+    let system = System::start_with(Options {
+        variables,
+        ..Options::default()
+    })
+    .await;
+    let edge = system.edge.unwrap();
+    let owner = seller(&system, "owner@example.com").await;
+    let other = seller(&system, "other@example.com").await;
+    let (_, customer) = system.user("customer@example.com", Role::Customer).await;
+    let path = upload_path(&owner.product);
+    let png = images::png(64, 48);
+    let auth = |token: &str| ("authorization", format!("Bearer {token}"));
+    let post = |headers: Vec<(&'static str, String)>, body: Option<Vec<u8>>| {
+        let path = path.clone();
+        async move { http::request(edge, "POST", &path, &headers, body).await }
+    };
+
+    // 405: only POST.
+    let answer = http::request(edge, "GET", &path, &[auth(&owner.token)], None).await;
+    expect_error(&answer, 405, "method_not_allowed");
+    assert_eq!(answer.header("allow"), Some("POST"));
+
+    // 401: missing, malformed, forged and wrong-issuer tokens.
+    let answer = post(
+        vec![("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 401, "unauthenticated");
+    assert!(
+        answer
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let answer = post(
+        vec![
+            ("authorization", "Basic abc".into()),
+            ("content-type", "image/png".into()),
+        ],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 401, "unauthenticated");
+    let mut forged = owner.token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let answer = post(
+        vec![auth(&forged), ("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 401, "unauthenticated");
+    let answer = post(
+        vec![auth("not.a.token"), ("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 401, "unauthenticated");
+
+    // 400: a product id that is not an id.
+    let answer = http::request(
+        edge,
+        "POST",
+        &upload_path("bad%20id"),
+        &[auth(&owner.token), ("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 400, "bad_request");
+
+    // 411: no Content-Length.
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "image/png".into())],
+        None,
+    )
+    .await;
+    expect_error(&answer, 411, "length_required");
+
+    // 413: over upload_max_bytes (refused from the header, before the body is read).
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "image/png".into())],
+        Some(vec![0_u8; 4 * 1024 * 1024 + 1]),
+    )
+    .await;
+    expect_error(&answer, 413, "payload_too_large");
+
+    // 415: a type that is not accepted, and a declared type that the bytes contradict.
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "text/plain".into())],
+        Some(b"hello".to_vec()),
+    )
+    .await;
+    expect_error(&answer, 415, "unsupported_media_type");
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "image/jpeg".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 415, "unsupported_media_type");
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "image/png".into())],
+        Some(b"definitely not an image at all".to_vec()),
+    )
+    .await;
+    expect_error(&answer, 415, "unsupported_media_type");
+
+    // 422: the header declares more pixels than the limit (4 MP here); a header that lies.
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "image/png".into())],
+        Some(images::png_bomb_header(3000, 3000)),
+    )
+    .await;
+    expect_error(&answer, 422, "too_many_pixels");
+    let answer = post(
+        vec![auth(&owner.token), ("content-type", "image/jpeg".into())],
+        Some(images::jpeg_magic_then_garbage(2048)),
+    )
+    .await;
+    expect_error(&answer, 422, "unreadable_header");
+
+    // 403: another seller's product; a customer.
+    let answer = post(
+        vec![auth(&other.token), ("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 403, "forbidden");
+    let answer = post(
+        vec![auth(&customer), ("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 403, "forbidden");
+
+    // 404: no such product.
+    let answer = http::request(
+        edge,
+        "POST",
+        &upload_path("01NOSUCHPRODUCT0000000000X"),
+        &[auth(&owner.token), ("content-type", "image/png".into())],
+        Some(png.clone()),
+    )
+    .await;
+    expect_error(&answer, 404, "not_found");
+
+    // Nothing above stored anything or attached anything.
+    assert!(
+        system
+            .events()
+            .iter()
+            .all(|event| !event.subject.contains("/originals/")),
+        "a refused upload produced a storage event"
+    );
+    let images = system
+        .catalog_client()
+        .await
+        .list_product_images(bearer(
+            catalog_pb::ListProductImagesRequest {
+                product_id: owner.product.clone(),
+                ..catalog_pb::ListProductImagesRequest::default()
+            },
+            &owner.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(images.is_empty(), "{images:?}");
+
+    // An admin may upload to anyone's product; the runtime still works after all that.
+    let answer = post(
+        vec![
+            auth(&system.admin_token),
+            ("content-type", "image/png".into()),
+        ],
+        Some(png.clone()),
+    )
+    .await;
+    expect_status(&answer, 201);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_passes_rate_limits_through_as_429() {
+    let system = System::start_with(Options {
+        gateway_rate_limit: GatewayRateLimit {
+            per_identity_per_sec: 1,
+            per_identity_burst: 2,
+            ..Options::default().gateway_rate_limit
+        },
+        ..Options::default()
+    })
+    .await;
+    let owner = seller(&system, "owner@example.com").await;
+    let png = images::png(32, 32);
+    let mut limited = None;
+    for _ in 0..6 {
+        let answer = system
+            .edge_post(
+                &upload_path(&owner.product),
+                &owner.token,
+                "image/png",
+                png.clone(),
+            )
+            .await;
+        if answer.status == 429 {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let answer = limited.expect("the gateway never limited the seller");
+    expect_error(&answer, 429, "rate_limited");
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_answers_503_when_the_mesh_is_down() {
+    let mut system = System::start().await;
+    let owner = seller(&system, "owner@example.com").await;
+    let png = images::png(32, 32);
+    // The catalog dies: GetProduct through the gateway fails UNAVAILABLE.
+    system.kill("catalog");
+    let answer = system
+        .edge_post(
+            &upload_path(&owner.product),
+            &owner.token,
+            "image/png",
+            png.clone(),
+        )
+        .await;
+    expect_error(&answer, 503, "mesh_unavailable");
+    // The gateway itself is gone: the function cannot connect at all.
+    system.kill("gateway");
+    let answer = system
+        .edge_post(&upload_path(&owner.product), &owner.token, "image/png", png)
+        .await;
+    expect_error(&answer, 503, "mesh_unavailable");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_gives_the_same_image_on_retry() {
+    let system = System::start().await;
+    let owner = seller(&system, "owner@example.com").await;
+    let png = images::png(120, 80);
+    let edge = system.edge.unwrap();
+    let send = || {
+        let headers = vec![
+            ("authorization", format!("Bearer {}", owner.token)),
+            ("content-type", "image/png".to_owned()),
+            ("idempotency-key", "upload-42".to_owned()),
+        ];
+        let path = upload_path(&owner.product);
+        let png = png.clone();
+        async move { http::request(edge, "POST", &path, &headers, Some(png)).await }
+    };
+    let first = send().await;
+    expect_status(&first, 201);
+    let second = send().await;
+    expect_status(&second, 201);
+    assert_eq!(first.json()["image_id"], second.json()["image_id"]);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    let originals = system
+        .events()
+        .iter()
+        .filter(|event| event.subject.contains("/originals/"))
+        .count();
+    assert_eq!(originals, 1, "the retry stored the original again");
+    system.stop().await;
+}
+
+// ---- thumbnail -------------------------------------------------------------------------------
+
+const THUMBNAIL_PATH: &str = "/internal/thumbnail";
+
+/// Uploads through the upload hook and returns `(image id, original key)`.
+async fn upload_image(
+    system: &System,
+    seller: &Seller,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> (String, String) {
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            content_type,
+            bytes,
+        )
+        .await;
+    expect_status(&answer, 201);
+    let body = answer.json();
+    (
+        body["image_id"].as_str().unwrap().to_owned(),
+        body["storage_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Stores an original directly (as the admin, bypassing the upload hook's checks) and attaches
+/// it, as a hostile client that got past the hook would leave it.
+async fn plant_original(
+    system: &System,
+    seller: &Seller,
+    image_id: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let key = format!("products/{}/originals/{image_id}", seller.product);
+    let messages = vec![
+        storage_pb::UploadRequest {
+            payload: Some(storage_pb::upload_request::Payload::Header(
+                storage_pb::UploadHeader {
+                    target: Some(storage_pb::upload_header::Target::Key(key.clone())),
+                    content_type: content_type.into(),
+                    ..storage_pb::UploadHeader::default()
+                },
+            )),
+        },
+        storage_pb::UploadRequest {
+            payload: Some(storage_pb::upload_request::Payload::Chunk(
+                bytes.clone().into(),
+            )),
+        },
+    ];
+    system
+        .storage_client()
+        .await
+        .upload(bearer(futures::stream::iter(messages), &system.admin_token))
+        .await
+        .unwrap();
+    system
+        .catalog_client()
+        .await
+        .attach_image(bearer(
+            catalog_pb::AttachImageRequest {
+                product_id: seller.product.clone(),
+                image_id: image_id.into(),
+                storage_key: key.clone(),
+                content_type: content_type.into(),
+                size_bytes: bytes.len() as u64,
+                width: 100,
+                height: 100,
+            },
+            &seller.token,
+        ))
+        .await
+        .unwrap();
+    key
+}
+
+async fn deliver(system: &System, key: &str, attempt: u32) -> Answer {
+    let event = system
+        .event_for(key)
+        .unwrap_or_else(|| panic!("no event for {key}"));
+    let (body, headers) = system.signed_delivery(&event, attempt);
+    post_delivery(system, body, headers).await
+}
+
+async fn post_delivery(system: &System, body: Vec<u8>, headers: Vec<(String, String)>) -> Answer {
+    let headers: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    http::request(
+        system.edge.unwrap(),
+        "POST",
+        THUMBNAIL_PATH,
+        &headers,
+        Some(body),
+    )
+    .await
+}
+
+struct Variant {
+    name: String,
+    key: String,
+    width: u32,
+    height: u32,
+    content_type: String,
+}
+
+/// Checks a `created` answer against storage and returns its variants.
+async fn created_variants(system: &System, answer: &Answer, image_id: &str) -> Vec<Variant> {
+    expect_status(answer, 200);
+    let body = answer.json();
+    assert_eq!(body["result"], Value::from("created"), "{body}");
+    assert_eq!(body["image_id"], Value::from(image_id), "{body}");
+    let mut variants = Vec::new();
+    for variant in body["variants"].as_array().unwrap() {
+        let variant = Variant {
+            name: variant["name"].as_str().unwrap().into(),
+            key: variant["storage_key"].as_str().unwrap().into(),
+            width: u32::try_from(variant["width"].as_u64().unwrap()).unwrap(),
+            height: u32::try_from(variant["height"].as_u64().unwrap()).unwrap(),
+            content_type: variant["content_type"].as_str().unwrap().into(),
+        };
+        let (info, bytes) = download(system, &variant.key).await.unwrap();
+        assert_eq!(info.content_type, variant.content_type);
+        assert_eq!(info.metadata["variant"], variant.name);
+        assert_eq!(info.metadata["width"], variant.width.to_string());
+        assert_eq!(info.metadata["height"], variant.height.to_string());
+        let decoded = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (variant.width, variant.height),
+            "{}",
+            variant.key
+        );
+        variants.push(variant);
+    }
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|variant| variant.name.as_str())
+        .collect();
+    assert_eq!(names, ["w160", "w320", "w640"]);
+    variants
+}
+
+fn expected_key(seller: &Seller, image_id: &str, name: &str, extension: &str) -> String {
+    format!(
+        "products/{}/thumbnails/{image_id}/{name}.{extension}",
+        seller.product
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thumbnails_for_every_format_orientation_alpha_and_tiny_images() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    for (content_type, bytes) in [
+        ("image/jpeg", images::jpeg(1200, 900)),
+        ("image/png", images::png(1200, 900)),
+        ("image/webp", images::webp(1200, 900)),
+        ("image/gif", images::gif(1200, 900)),
+    ] {
+        let (image_id, key) = upload_image(&system, &seller, content_type, bytes).await;
+        let answer = deliver(&system, &key, 1).await;
+        let variants = created_variants(&system, &answer, &image_id).await;
+        let dimensions: Vec<(u32, u32)> = variants.iter().map(|v| (v.width, v.height)).collect();
+        assert_eq!(
+            dimensions,
+            [(160, 120), (320, 240), (640, 480)],
+            "{content_type}"
+        );
+        for variant in &variants {
+            // Opaque input: JPEG variants at the deterministic keys.
+            assert_eq!(variant.content_type, "image/jpeg", "{content_type}");
+            assert_eq!(
+                variant.key,
+                expected_key(&seller, &image_id, &variant.name, "jpg")
+            );
+        }
+    }
+
+    // EXIF orientation 6: stored 400x200, displayed 200x400.
+    let (image_id, key) = upload_image(
+        &system,
+        &seller,
+        "image/jpeg",
+        images::jpeg_with_orientation(400, 200, 6),
+    )
+    .await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    let dimensions: Vec<(u32, u32)> = variants.iter().map(|v| (v.width, v.height)).collect();
+    assert_eq!(dimensions, [(80, 160), (160, 320), (200, 400)]);
+
+    // Transparency survives: PNG variants.
+    let (image_id, key) = upload_image(
+        &system,
+        &seller,
+        "image/png",
+        images::png_with_alpha(800, 400),
+    )
+    .await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    for variant in &variants {
+        assert_eq!(variant.content_type, "image/png");
+        assert_eq!(
+            variant.key,
+            expected_key(&seller, &image_id, &variant.name, "png")
+        );
+        let (_, bytes) = download(&system, &variant.key).await.unwrap();
+        let decoded = image::load_from_memory(&bytes).unwrap().to_rgba8();
+        assert_eq!(
+            decoded.get_pixel(0, 0)[3],
+            0,
+            "the transparent half stays transparent"
+        );
+        assert_eq!(decoded.get_pixel(decoded.width() - 1, 0)[3], 255);
+    }
+
+    // Smaller than every size: never upscaled.
+    let (image_id, key) = upload_image(&system, &seller, "image/png", images::png(50, 40)).await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    assert!(variants.iter().all(|v| (v.width, v.height) == (50, 40)));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivery_overwrites_nothing_and_duplicates_nothing() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) =
+        upload_image(&system, &seller, "image/jpeg", images::jpeg(640, 480)).await;
+    let first = deliver(&system, &key, 1).await;
+    let first_variants = created_variants(&system, &first, &image_id).await;
+    let events_before = system.events().len();
+    let mut etags = Vec::new();
+    for variant in &first_variants {
+        etags.push(download(&system, &variant.key).await.unwrap().0.etag);
+    }
+    for attempt in 2..=3 {
+        let again = deliver(&system, &key, attempt).await;
+        let variants = created_variants(&system, &again, &image_id).await;
+        let keys: Vec<&str> = variants.iter().map(|v| v.key.as_str()).collect();
+        let first_keys: Vec<&str> = first_variants.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, first_keys);
+    }
+    // Same objects (same versions), no new events, exactly one object per size.
+    for (variant, etag) in first_variants.iter().zip(&etags) {
+        assert_eq!(&download(&system, &variant.key).await.unwrap().0.etag, etag);
+    }
+    assert_eq!(
+        system.events().len(),
+        events_before,
+        "a redelivery produced storage events"
+    );
+    let listed = system
+        .storage_client()
+        .await
+        .list(bearer(
+            storage_pb::ListRequest {
+                prefix: format!("products/{}/thumbnails/{image_id}/", seller.product),
+                ..storage_pb::ListRequest::default()
+            },
+            &system.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_originals_fail_cleanly_and_the_runtime_carries_on() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let good = images::jpeg(1000, 700);
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            "image/jpeg",
+            images::truncated(&good, good.len() / 3),
+            "truncated",
+        ),
+        (
+            "garbage",
+            "image/jpeg",
+            images::jpeg_magic_then_garbage(50_000),
+            "",
+        ),
+        // 3.6 GP declared: refused from the header.
+        (
+            "bomb-pixels",
+            "image/png",
+            images::png_bomb(60_000, 60_000, 8),
+            "too_many_pixels",
+        ),
+        // 49 MP RGBA (196 MB decoded) within the pixel limit: refused before allocating.
+        (
+            "bomb-memory",
+            "image/png",
+            images::png_bomb(7_000, 7_000, 64),
+            "",
+        ),
+    ];
+    for (index, (name, content_type, bytes, kind)) in cases.into_iter().enumerate() {
+        let image_id = format!("hostile{index}");
+        let key = plant_original(&system, &seller, &image_id, content_type, bytes).await;
+        let answer = deliver(&system, &key, 1).await;
+        expect_status(&answer, 422);
+        let body = answer.json();
+        assert_eq!(body["result"], Value::from("failed"), "{name}: {body}");
+        if !kind.is_empty() {
+            assert_eq!(body["kind"], Value::from(kind), "{name}: {body}");
+        }
+        let image = system.image(&image_id).await.unwrap();
+        assert_eq!(image.state(), catalog_pb::ImageState::Failed, "{name}");
+        assert!(!image.failure_reason.is_empty(), "{name}");
+        // No thumbnail was written.
+        assert!(
+            system
+                .events()
+                .iter()
+                .all(|event| !event.subject.contains(&format!("/thumbnails/{image_id}/"))),
+            "{name} left thumbnails"
+        );
+        // A redelivery of a failed image is acknowledged without work.
+        let again = deliver(&system, &key, 2).await;
+        expect_status(&again, 200);
+        assert_eq!(again.json()["result"], Value::from("skipped"), "{name}");
+    }
+    // The runtime is unaffected: a good image right after works.
+    let (image_id, key) = upload_image(&system, &seller, "image/jpeg", good).await;
+    created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+
+    // Zero bytes never get as far as storage.
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            "image/jpeg",
+            Vec::new(),
+        )
+        .await;
+    expect_error(&answer, 400, "bad_request");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthentic_deliveries_are_refused_and_other_events_ignored() {
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) = upload_image(&system, &seller, "image/png", images::png(300, 200)).await;
+    let event = system.event_for(&key).unwrap();
+    let now = storemesh_system_tests::unix_now();
+
+    // Signed with another secret.
+    let (body, headers) =
+        storemesh_system_tests::signed_delivery(&event, 1, now, b"another-secret-0123456789");
+    expect_error(
+        &post_delivery(&system, body, headers).await,
+        401,
+        "invalid_signature",
+    );
+    // Stale: signed with the right secret, outside the replay window.
+    let (body, headers) = storemesh_system_tests::signed_delivery(
+        &event,
+        1,
+        now - 3_600,
+        storemesh_system_tests::DELIVERY_SECRET.as_bytes(),
+    );
+    expect_error(
+        &post_delivery(&system, body, headers).await,
+        401,
+        "invalid_signature",
+    );
+    // A valid signature over another body.
+    let (mut body, headers) = system.signed_delivery(&event, 1);
+    body.push(0);
+    expect_error(
+        &post_delivery(&system, body, headers).await,
+        401,
+        "invalid_signature",
+    );
+    // No signature at all.
+    let (body, _) = system.signed_delivery(&event, 1);
+    expect_error(
+        &post_delivery(
+            &system,
+            body,
+            vec![("content-type".into(), "application/x-protobuf".into())],
+        )
+        .await,
+        401,
+        "invalid_signature",
+    );
+    // Nothing was produced by any of them.
+    assert!(
+        system
+            .events()
+            .iter()
+            .all(|e| !e.subject.contains("/thumbnails/"))
+    );
+
+    // The real delivery works; the thumbnails' own events are acknowledged and ignored.
+    created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    let thumbnail_key = expected_key(&seller, &image_id, "w160", "png");
+    let thumbnail_key = if system.event_for(&thumbnail_key).is_some() {
+        thumbnail_key
+    } else {
+        expected_key(&seller, &image_id, "w160", "jpg")
+    };
+    let answer = deliver(&system, &thumbnail_key, 1).await;
+    expect_status(&answer, 200);
+    assert_eq!(answer.json()["result"], Value::from("ignored"));
+
+    // An image deleted (with its original) before its delivery: nothing to do.
+    system
+        .catalog_client()
+        .await
+        .delete_image(bearer(
+            catalog_pb::DeleteImageRequest {
+                image_id: image_id.clone(),
+            },
+            &seller.token,
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while download(&system, &key).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog never deleted the original"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // (`event` is the original's `created` event: the newest one about the key is the deletion.)
+    let (body, headers) = system.signed_delivery(&event, 2);
+    let answer = post_delivery(&system, body, headers).await;
+    expect_status(&answer, 200);
+    assert_eq!(answer.json()["result"], Value::from("skipped"));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thumbnails_over_native_grpc_h2c() {
+    let system = System::start_with(Options {
+        transport: EdgeTransport::Grpc,
+        ..Options::default()
+    })
+    .await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) =
+        upload_image(&system, &seller, "image/jpeg", images::jpeg(900, 600)).await;
+    let variants = created_variants(&system, &deliver(&system, &key, 1).await, &image_id).await;
+    assert_eq!(variants[2].width, 640);
+    system.stop().await;
+}
