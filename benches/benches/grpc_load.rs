@@ -16,15 +16,17 @@
 //! the goal checks (`storemesh_benches::report`).
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use prost::Message as _;
-use storemesh_benches::{h2load, median, spread};
-use storemesh_benches::report::{self, Check, Goal};
+use redis::AsyncCommands as _;
 use storemesh_auth::config::Argon2Config;
 use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_benches::report::{self, Check, Goal};
+use storemesh_benches::{h2load, median, spread};
 use storemesh_gateway::{GatewayConfig, GatewaySettings};
 use storemesh_mesh::UpstreamConfig;
 use storemesh_proto::auth::v1 as auth_pb;
@@ -34,8 +36,8 @@ use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
-use storemesh_testkit::echo::pb::EchoRequest;
-use storemesh_testkit::echo::pb::echo_service_server::EchoServiceServer;
+use storemesh_testkit::echo::pb::echo_service_server::{EchoService, EchoServiceServer};
+use storemesh_testkit::echo::pb::{EchoRequest, EchoResponse, EchoStreamRequest};
 use storemesh_testkit::echo::{Echo, EchoServiceClient};
 use storemesh_testkit::{RedisServer, RunningHost};
 use tonic::transport::Channel;
@@ -43,6 +45,42 @@ use tonic::transport::Channel;
 const CONCURRENCY: usize = 32;
 const GET_PRODUCT: &str = "/storemesh.catalog.v1.CatalogService/GetProduct";
 const CONNECTIONS: usize = 4;
+
+/// The second baseline: a bare tonic server whose handler does what `GetProduct`'s store does,
+/// one `HGETALL` of the product on the same redis-server, and nothing else (no auth, no layers).
+/// `GetProduct ÷ this` is what Storemesh's own per-call work costs beyond the Redis round trip.
+#[derive(Clone)]
+struct RedisEcho {
+    redis: redis::aio::ConnectionManager,
+    key: String,
+}
+
+#[tonic::async_trait]
+impl EchoService for RedisEcho {
+    async fn echo(
+        &self,
+        _request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
+        let fields: HashMap<String, String> = self
+            .redis
+            .clone()
+            .hgetall(&self.key)
+            .await
+            .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        Ok(tonic::Response::new(EchoResponse {
+            message: fields.get("title").cloned().unwrap_or_default(),
+        }))
+    }
+
+    type EchoStreamStream = storemesh_testkit::echo::EchoResponseStream;
+
+    async fn echo_stream(
+        &self,
+        _request: tonic::Request<EchoStreamRequest>,
+    ) -> Result<tonic::Response<Self::EchoStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not part of the benchmark"))
+    }
+}
 
 struct Measurement {
     requests_per_sec: f64,
@@ -276,6 +314,24 @@ fn main() {
             .unwrap()
             .id;
 
+        let redis_baseline = {
+            let redis = redis::Client::open(redis.url())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(EchoServiceServer::new(RedisEcho {
+                        redis,
+                        key: storemesh_catalog::store::keys::product(&product_id),
+                    }))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            addr
+        };
         let get_product = {
             let authorization = authorization.clone();
             let product_id = product_id.clone();
@@ -315,6 +371,12 @@ fn main() {
             .await
             .unwrap()
             .into_inner();
+        let redis_answer = EchoServiceClient::new(channels(redis_baseline).await.remove(0))
+            .echo(hello_request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(redis_answer.message, "Benchmark lamp", "the baseline reads the product");
         let product_request = catalog_pb::GetProductRequest {
             id: product_id.clone(),
         };
@@ -329,12 +391,14 @@ fn main() {
             .into_inner();
 
         let (mut bare, mut direct, mut through) = (Vec::new(), Vec::new(), Vec::new());
+        let mut with_redis = Vec::new();
         let driver = match h2load::find() {
             Some(h2load_path) => {
                 let auth_header = [format!("authorization: Bearer {token}")];
                 let hello_body = h2load::grpc_frame(&hello_request.encode_to_vec());
                 let product_body = h2load::grpc_frame(&product_request.encode_to_vec());
                 let hello_frame = hello_answer.encoded_len() as u64 + 5;
+                let redis_frame = redis_answer.encoded_len() as u64 + 5;
                 let product_frame = product_answer.encoded_len() as u64 + 5;
                 let targets = [
                     (
@@ -342,6 +406,12 @@ fn main() {
                         &hello_body,
                         &[][..],
                         hello_frame,
+                    ),
+                    (
+                        format!("http://{redis_baseline}/storemesh.testing.v1.EchoService/Echo"),
+                        &hello_body,
+                        &[][..],
+                        redis_frame,
                     ),
                     (
                         format!("http://{}{GET_PRODUCT}", catalog.addr),
@@ -380,12 +450,13 @@ fn main() {
                     }
                 };
                 // Warm-up: connections, JWKS caches, Redis scripts.
-                tokio::task::block_in_place(|| measure(2, Duration::from_secs(1)));
+                tokio::task::block_in_place(|| measure(3, Duration::from_secs(1)));
                 // Interleaved, so drift in machine load hits every target alike.
                 for _ in 0..runs {
                     bare.push(tokio::task::block_in_place(|| measure(0, duration)));
-                    direct.push(tokio::task::block_in_place(|| measure(1, duration)));
-                    through.push(tokio::task::block_in_place(|| measure(2, duration)));
+                    with_redis.push(tokio::task::block_in_place(|| measure(1, duration)));
+                    direct.push(tokio::task::block_in_place(|| measure(2, duration)));
+                    through.push(tokio::task::block_in_place(|| measure(3, duration)));
                 }
                 "h2load (nghttp2), one client thread"
             }
@@ -395,11 +466,13 @@ fn main() {
                      measuring with an in-process tonic client instead"
                 );
                 let bare_channels = channels(bare_addr).await;
+                let redis_channels = channels(redis_baseline).await;
                 let catalog_channels = channels(catalog.addr).await;
                 let gateway_channels = channels(gateway_addr).await;
                 load(&gateway_channels, Duration::from_millis(300), get_product.clone()).await;
                 for _ in 0..runs {
                     bare.push(load(&bare_channels, duration, hello).await);
+                    with_redis.push(load(&redis_channels, duration, hello).await);
                     direct.push(load(&catalog_channels, duration, get_product.clone()).await);
                     through.push(load(&gateway_channels, duration, get_product.clone()).await);
                 }
@@ -407,6 +480,7 @@ fn main() {
             }
         };
         let bare = summarize("bare tonic hello (baseline)", &bare);
+        let with_redis = summarize("bare tonic + one Redis HGETALL (baseline 2)", &with_redis);
         let direct = summarize("GetProduct direct to catalog", &direct);
         let through = summarize("GetProduct through the gateway", &through);
 
@@ -415,7 +489,12 @@ fn main() {
             "| target | req/s (median) | req/s spread | p50 ms | p99 ms | × baseline | errors |"
         );
         println!("|---|---|---|---|---|---|---|");
-        for (row, baseline) in [(&bare, &bare), (&direct, &bare), (&through, &direct)] {
+        for (row, baseline) in [
+            (&bare, &bare),
+            (&with_redis, &bare),
+            (&direct, &bare),
+            (&through, &direct),
+        ] {
             println!(
                 "| {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {} |",
                 row.name,
@@ -430,8 +509,10 @@ fn main() {
         }
         println!();
         println!(
-            "Load: {driver}; {} run(s) × {:?} per target, interleaved; {CONCURRENCY} concurrent calls over {CONNECTIONS} HTTP/2 connections; auth, catalog, gateway and the bare server share this process's tokio runtime, with Redis in its own process. The gateway row's ratio is against direct.",
-            runs, duration
+            "Load: {driver}; {} run(s) × {:?} per target, interleaved; {CONCURRENCY} concurrent calls over {CONNECTIONS} HTTP/2 connections; auth, catalog, gateway and the bare server share this process's tokio runtime, with Redis in its own process. Ratios: baseline 2 and direct against bare tonic, the gateway against direct; direct against baseline 2: {:.2}×.",
+            runs,
+            duration,
+            direct.rps / with_redis.rps
         );
         println!();
         report::record(&Check::new(
@@ -440,6 +521,13 @@ fn main() {
             direct.rps / bare.rps,
             "×",
             Some(Goal::AtLeast(0.8)),
+        ));
+        report::record(&Check::new(
+            "grpc_load",
+            "GetProduct req/s ÷ bare tonic + one Redis HGETALL",
+            direct.rps / with_redis.rps,
+            "×",
+            None,
         ));
         report::record(&Check::new(
             "grpc_load",
@@ -463,7 +551,7 @@ fn main() {
             None,
         ));
         assert_eq!(
-            bare.errors + direct.errors + through.errors,
+            bare.errors + with_redis.errors + direct.errors + through.errors,
             0,
             "calls failed during the benchmark"
         );

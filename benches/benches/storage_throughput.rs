@@ -3,7 +3,7 @@
 //! Goals: ≥ 0.5× `cp` throughput, < 32 MiB RSS growth (the object is streamed, never
 //! buffered whole).
 //!
-//! `cargo bench -p storemesh-benches --bench storage_throughput` (1 GiB, 5 runs);
+//! `cargo bench -p storemesh-benches --bench storage_throughput` (1 GiB, 3 runs);
 //! `STOREMESH_BENCH_SMOKE=1` for 64 MiB once. Both sides fsync (storage's default; `cp` is
 //! followed by `sync` of the copy).
 #![allow(clippy::unwrap_used)]
@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use storemesh_auth::config::Argon2Config;
+use storemesh_auth::{AuthConfig, AuthSettings};
 use storemesh_benches::report::{self, Check, Goal};
 use storemesh_benches::{median, spread};
-use storemesh_auth::{AuthConfig, AuthSettings};
 use storemesh_proto::auth::v1 as auth_pb;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::storage::v1 as pb;
@@ -82,7 +82,7 @@ fn main() {
     let (size, runs) = if storemesh_benches::smoke() {
         (64 * 1024 * 1024_u64, 1)
     } else {
-        (1024 * 1024 * 1024_u64, 5)
+        (1024 * 1024 * 1024_u64, 3)
     };
     let work =
         tempfile::tempdir_in(std::env::var("STOREMESH_BENCH_DIR").unwrap_or_else(|_| ".".into()))

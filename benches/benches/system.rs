@@ -9,9 +9,10 @@
 //! - `GetProduct` through the gateway under h2load for a few seconds, then **loaded RSS** of every
 //!   service (`VmRSS` now and `VmHWM`, the peak since start).
 //!
-//! The upload pipeline needs the edge functions (`spin.toml` and `edge-functions/` at the repo
-//! root) and the event dispatcher; without them the edge runtime serves a hello component and
-//! the pipeline is reported as not measured, with the reason.
+//! `up` runs with `--no-build`: the edge functions must be built first (scripts/bench does:
+//! `cargo build --release --target wasm32-wasip2 --manifest-path edge-functions/Cargo.toml`).
+//! If the pipeline fails (an image FAILED or never READY), the RSS figures are still reported
+//! and the pipeline is marked not measured, with the reason.
 //!
 //! `STOREMESH_BIN` names the `storemesh` executable (default: next to this benchmark's
 //! `deps/` directory, i.e. the same profile's build). `STOREMESH_BENCH_SMOKE=1`: tiny images,
@@ -40,18 +41,14 @@ use tonic::transport::Channel;
 
 const POLL: Duration = Duration::from_millis(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const SERVICES: &[&str] = &["auth", "catalog", "storage", "gateway", "edge", "dispatcher"];
-
-const HELLO_MANIFEST: &str = r#"
-spin_manifest_version = 2
-[application]
-name = "bench-hello"
-[[trigger.http]]
-route = "/..."
-component = "hello"
-[component.hello]
-source = "HELLO"
-"#;
+const SERVICES: &[&str] = &[
+    "auth",
+    "catalog",
+    "storage",
+    "gateway",
+    "edge",
+    "dispatcher",
+];
 
 /// `storemesh up` as a child; stopped with SIGTERM when dropped.
 struct Up {
@@ -76,10 +73,7 @@ impl Up {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "storemesh up exited ({status}):\n{}",
-                    self.tail()
-                ));
+                return Err(format!("storemesh up exited ({status}):\n{}", self.tail()));
             }
             if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
                 let found = line.contains(needle);
@@ -131,7 +125,7 @@ fn service_pids(parent: u32) -> Vec<(String, u32)> {
             }
         } else if arguments
             .first()
-            .is_some_and(|program| program.ends_with("redis-server"))
+            .is_some_and(|program| program.contains("redis-server"))
         {
             found.push(("redis-server".into(), pid));
         }
@@ -159,7 +153,10 @@ fn storemesh_binary() -> PathBuf {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct Ports {
@@ -182,7 +179,10 @@ fn ports() -> Ports {
             format!("STOREMESH_{upper}__SERVER__")
         };
         env.push((format!("{prefix}LISTEN"), format!("127.0.0.1:{listen}")));
-        env.push((format!("{prefix}ADMIN_LISTEN"), format!("127.0.0.1:{admin}")));
+        env.push((
+            format!("{prefix}ADMIN_LISTEN"),
+            format!("127.0.0.1:{admin}"),
+        ));
     }
     Ports {
         gateway: listen_of["gateway"],
@@ -191,7 +191,7 @@ fn ports() -> Ports {
     }
 }
 
-fn start_up(data: &Path, ports: &Ports, edge_manifest: Option<&Path>) -> Up {
+fn start_up(data: &Path, ports: &Ports) -> Up {
     let mut command = Command::new(storemesh_binary());
     command
         .current_dir(repo_root())
@@ -200,19 +200,31 @@ fn start_up(data: &Path, ports: &Ports, edge_manifest: Option<&Path>) -> Up {
         .arg(data)
         .args(["--redis-port", &free_port().unwrap().to_string()])
         .args(["--ready-timeout", "300"])
+        // scripts/bench builds the edge functions first; a build here would wait on the shared
+        // cargo lock inside the measurement.
+        .arg("--no-build")
         .env_remove("REDIS_URL")
-        .env("STOREMESH_TELEMETRY__LOG_LEVEL", "warn")
+        .env("STOREMESH_TELEMETRY__FILTER", "warn")
         // Load, not abuse: the benchmark's callers all come from one address and one account.
-        .env("STOREMESH_GATEWAY__RATE_LIMIT__PER_IDENTITY_PER_SEC", "1000000")
-        .env("STOREMESH_GATEWAY__RATE_LIMIT__PER_IDENTITY_BURST", "1000000")
-        .env("STOREMESH_GATEWAY__RATE_LIMIT__PER_ADDRESS_PER_SEC", "1000000")
-        .env("STOREMESH_GATEWAY__RATE_LIMIT__PER_ADDRESS_BURST", "1000000")
+        .env(
+            "STOREMESH_GATEWAY__RATE_LIMIT__PER_IDENTITY_PER_SEC",
+            "1000000",
+        )
+        .env(
+            "STOREMESH_GATEWAY__RATE_LIMIT__PER_IDENTITY_BURST",
+            "1000000",
+        )
+        .env(
+            "STOREMESH_GATEWAY__RATE_LIMIT__PER_ADDRESS_PER_SEC",
+            "1000000",
+        )
+        .env(
+            "STOREMESH_GATEWAY__RATE_LIMIT__PER_ADDRESS_BURST",
+            "1000000",
+        )
         .envs(ports.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(manifest) = edge_manifest {
-        command.env("STOREMESH_EDGE__MANIFEST", manifest);
-    }
     let mut child = command.spawn().unwrap_or_else(|error| {
         panic!(
             "cannot start {}: {error}; build it first (scripts/bench does)",
@@ -247,7 +259,12 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// POSTs one JPEG to the upload hook; the image id from the 201 answer.
-async fn upload(edge: SocketAddr, product: &str, token: &str, jpeg: Bytes) -> Result<String, String> {
+async fn upload(
+    edge: SocketAddr,
+    product: &str,
+    token: &str,
+    jpeg: Bytes,
+) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(edge)
         .await
         .map_err(|error| format!("connect {edge}: {error}"))?;
@@ -318,7 +335,9 @@ async fn upload_until_ready(
                 return Err(format!("image {image_id} FAILED: {}", image.failure_reason));
             }
             _ if started.elapsed() > READY_TIMEOUT => {
-                return Err(format!("image {image_id} not READY within {READY_TIMEOUT:?}"));
+                return Err(format!(
+                    "image {image_id} not READY within {READY_TIMEOUT:?}"
+                ));
             }
             _ => tokio::time::sleep(POLL).await,
         }
@@ -378,18 +397,6 @@ fn percentile(values: &[f64], quantile: f64) -> f64 {
     sorted.get(index).copied().unwrap_or(f64::NAN)
 }
 
-/// A manifest serving only the hello fixture, for a tree without the edge functions.
-fn hello_manifest(dir: &Path) -> Result<PathBuf, String> {
-    let hello = storemesh_edge::testing::fixture("edge-fixture-hello")?;
-    let manifest = dir.join("hello-spin.toml");
-    std::fs::write(
-        &manifest,
-        HELLO_MANIFEST.replace("HELLO", &hello.display().to_string()),
-    )
-    .map_err(|error| error.to_string())?;
-    Ok(manifest)
-}
-
 fn main() {
     // cargo bench passes `--bench`; `cargo test` runs bench targets without it: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -398,16 +405,7 @@ fn main() {
     let smoke = storemesh_benches::smoke();
     let data = tempfile::tempdir().unwrap();
     let ports = ports();
-    let has_functions = repo_root().join("spin.toml").is_file()
-        && repo_root().join("edge-functions/upload-hook").is_dir();
-    let hello;
-    let edge_manifest = if has_functions {
-        None
-    } else {
-        hello = hello_manifest(data.path()).unwrap_or_else(|message| panic!("{message}"));
-        Some(hello.as_path())
-    };
-    let mut up = start_up(&data.path().join("up"), &ports, edge_manifest);
+    let mut up = start_up(&data.path().join("up"), &ports);
     up.wait_for("Storemesh is up.", Duration::from_secs(600))
         .unwrap_or_else(|message| panic!("{message}"));
     // Let start-up work (JWKS fetches, connection pools) settle before the idle reading.
@@ -461,7 +459,7 @@ fn main() {
     });
 
     // Upload → READY.
-    let pipeline_result = if has_functions {
+    let pipeline_result = {
         let (small, large) = if smoke {
             ((320, 240), (640, 480))
         } else {
@@ -489,14 +487,16 @@ fn main() {
         };
         runtime.block_on(async {
             // One warm-up image: compiles nothing (the edge caches components) but fills pools.
-            pipeline(edge, &catalog, &product_id, &token, &[(small_label, small_jpeg, 1, 1)])
-                .await?;
+            pipeline(
+                edge,
+                &catalog,
+                &product_id,
+                &token,
+                &[(small_label, small_jpeg, 1, 1)],
+            )
+            .await?;
             pipeline(edge, &catalog, &product_id, &token, &cases).await
         })
-    } else {
-        Err("the edge functions (spin.toml, edge-functions/upload-hook) are not in this tree yet; \
-             the edge runtime served a hello component instead"
-            .to_owned())
     };
 
     // Load for the loaded RSS: GetProduct through the gateway.
@@ -513,9 +513,7 @@ fn main() {
             match h2load::run(
                 &h2load_path,
                 &h2load::Target {
-                    url: format!(
-                        "http://{gateway}/storemesh.catalog.v1.CatalogService/GetProduct"
-                    ),
+                    url: format!("http://{gateway}/storemesh.catalog.v1.CatalogService/GetProduct"),
                     headers: &headers,
                     body: &body,
                 },

@@ -30,8 +30,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use storemesh_edge::{EdgeConfig, testing};
 use storemesh_benches::images::photo_jpeg;
+use storemesh_edge::{EdgeConfig, testing};
 use storemesh_imaging::{Limits, ThumbnailSpec, make_thumbnails};
 
 /// Set in the environment of the child process this binary starts to run the pipeline once.

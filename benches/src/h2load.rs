@@ -87,7 +87,15 @@ pub fn parse_summary(output: &str) -> Result<(f64, u64, u64, u64), String> {
     let count = |label: &str| -> Result<u64, String> {
         requests
             .split(',')
-            .find_map(|part| part.trim().strip_suffix(label)?.trim().rsplit(' ').next()?.parse().ok())
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(label)?
+                    .trim()
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .ok_or(format!("no `{label}` count in {requests:?}"))
     };
     let succeeded = count("succeeded")?;

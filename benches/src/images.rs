@@ -32,4 +32,3 @@ pub fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
         .expect("encoding an in-memory RGB buffer of valid dimensions cannot fail");
     out
 }
-

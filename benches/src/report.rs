@@ -149,7 +149,8 @@ pub fn read_checks(dir: &Path) -> Result<Vec<Check>, String> {
 
 /// The Markdown summary: every check, its goal and whether it is met.
 pub fn checks_table(checks: &[Check]) -> String {
-    let mut out = String::from("| benchmark | measure | value | goal | met |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| benchmark | measure | value | goal | met |\n|---|---|---|---|---|\n");
     for check in checks {
         let met = match check.met() {
             Some(true) => "yes",
@@ -183,7 +184,8 @@ pub fn criterion_estimate(criterion_home: &Path, group: &str, function: &str) ->
         .join(function)
         .join("new")
         .join("estimates.json");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     let median = json.get("median")?;
     let interval = median.get("confidence_interval")?;
     Some(Estimate {
@@ -305,7 +307,10 @@ mod tests {
         std::fs::write(dir.path().join(CHECKS_FILE), "{not json\n").unwrap();
         assert!(read_checks(dir.path()).unwrap_err().contains("line 1"));
         let table = checks_table(&checks);
-        assert!(table.contains("| a | x ÷ y | 1.50× | ≥ 1.00× | yes |"), "{table}");
+        assert!(
+            table.contains("| a | x ÷ y | 1.50× | ≥ 1.00× | yes |"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -321,6 +326,9 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
         assert!(svg.contains("fast: 0.50×"), "labels name the figures");
-        assert!(!svg.contains("no goal"), "only checks with a goal are drawn");
+        assert!(
+            !svg.contains("no goal"),
+            "only checks with a goal are drawn"
+        );
     }
 }

@@ -34,6 +34,10 @@ const SECTIONS: &[(&str, &str)] = &[
         "Auth: JWT verifications/s against the bare Ed25519 check, and `Login` latency at the default Argon2id cost against the hash check alone.",
     ),
     (
+        "dispatch",
+        "Event dispatcher (`cargo bench -p storemesh-dispatcher --bench dispatch`): events/s from the Redis stream to signed, acknowledged HTTP deliveries, against the same signed POSTs sent straight to the target.",
+    ),
+    (
         "system",
         "The whole system under `storemesh up` (one process per service): upload → READY latency and images/s, and idle and loaded RSS of each service.",
     ),
@@ -110,11 +114,27 @@ fn criterion_section(bench: &str, home: &Path, checks: &mut Vec<Check>) -> Optio
                 get("token", "verify_jwt")?,
             );
             out.push_str("| measure | verifications/s (median) | 95 % CI |\n|---|---|---|\n");
-            out.push_str(&estimate_row("Ed25519 verify alone (baseline)", &bare, 1.0, "/s"));
+            out.push_str(&estimate_row(
+                "Ed25519 verify alone (baseline)",
+                &bare,
+                1.0,
+                "/s",
+            ));
             out.push('\n');
-            out.push_str(&estimate_row("JWT verify (parse, signature, claims)", &jwt, 1.0, "/s"));
+            out.push_str(&estimate_row(
+                "JWT verify (parse, signature, claims)",
+                &jwt,
+                1.0,
+                "/s",
+            ));
             out.push('\n');
-            checks.push(Check::new(bench, "JWT verifications/s", 1e9 / jwt.median_ns, "/s", None));
+            checks.push(Check::new(
+                bench,
+                "JWT verifications/s",
+                1e9 / jwt.median_ns,
+                "/s",
+                None,
+            ));
             checks.push(Check::new(
                 bench,
                 "JWT verify ÷ bare Ed25519 (throughput)",
@@ -126,11 +146,27 @@ fn criterion_section(bench: &str, home: &Path, checks: &mut Vec<Check>) -> Optio
                 (get("login", "argon2id_verify"), get("login", "grpc_login"))
             {
                 out.push_str("\n| measure | latency ms (median) | 95 % CI |\n|---|---|---|\n");
-                out.push_str(&estimate_row("Argon2id verify alone (baseline)", &argon, 1.0, "ms"));
+                out.push_str(&estimate_row(
+                    "Argon2id verify alone (baseline)",
+                    &argon,
+                    1.0,
+                    "ms",
+                ));
                 out.push('\n');
-                out.push_str(&estimate_row("gRPC Login (Redis, Argon2id, signing)", &login, 1.0, "ms"));
+                out.push_str(&estimate_row(
+                    "gRPC Login (Redis, Argon2id, signing)",
+                    &login,
+                    1.0,
+                    "ms",
+                ));
                 out.push('\n');
-                checks.push(Check::new(bench, "Login latency", login.median_ns / 1e6, "ms", None));
+                checks.push(Check::new(
+                    bench,
+                    "Login latency",
+                    login.median_ns / 1e6,
+                    "ms",
+                    None,
+                ));
                 checks.push(Check::new(
                     bench,
                     "Login ÷ Argon2id verify alone (latency)",
@@ -144,7 +180,12 @@ fn criterion_section(bench: &str, home: &Path, checks: &mut Vec<Check>) -> Optio
             const BATCH: f64 = 256.0;
             let instantiate = get("edge_instantiate", "hello_component")?;
             out.push_str("| measure | median | 95 % CI |\n|---|---|---|\n");
-            out.push_str(&estimate_row("instantiate hello component (µs)", &instantiate, 1.0, "µs"));
+            out.push_str(&estimate_row(
+                "instantiate hello component (µs)",
+                &instantiate,
+                1.0,
+                "µs",
+            ));
             out.push('\n');
             checks.push(Check::new(
                 bench,
@@ -157,9 +198,19 @@ fn criterion_section(bench: &str, home: &Path, checks: &mut Vec<Check>) -> Optio
                 get("edge_throughput", "native_hyper"),
                 get("edge_throughput", "wasm_hello"),
             ) {
-                out.push_str(&estimate_row("native hyper hello, req/s (baseline)", &native, BATCH, "/s"));
+                out.push_str(&estimate_row(
+                    "native hyper hello, req/s (baseline)",
+                    &native,
+                    BATCH,
+                    "/s",
+                ));
                 out.push('\n');
-                out.push_str(&estimate_row("wasm hello on the edge runtime, req/s", &wasm, BATCH, "/s"));
+                out.push_str(&estimate_row(
+                    "wasm hello on the edge runtime, req/s",
+                    &wasm,
+                    BATCH,
+                    "/s",
+                ));
                 out.push('\n');
                 checks.push(Check::new(
                     bench,
@@ -201,7 +252,9 @@ fn run() -> Result<(), String> {
         match criterion_section(bench, &criterion_home, &mut checks) {
             Some(table) => sections.push_str(&table),
             None => match std::fs::read_to_string(&captured) {
-                Ok(text) => sections.push_str(text.trim()),
+                // Plain-text output (no Markdown table) is shown as it was printed.
+                Ok(text) if text.contains("|---") => sections.push_str(text.trim()),
+                Ok(text) => sections.push_str(&format!("```\n{}\n```", text.trim())),
                 Err(_) if matches!(*bench, "auth" | "edge") => sections.push_str(
                     "Not measured in this run (criterion ran each benchmark once in test mode, \
                      or the benchmark did not run).",
@@ -219,7 +272,11 @@ fn run() -> Result<(), String> {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    chart_svg(&checks, &args.chart, "Storemesh: figures against their goals")?;
+    chart_svg(
+        &checks,
+        &args.chart,
+        "Storemesh: figures against their goals",
+    )?;
 
     let mode = if args.smoke {
         "**smoke mode** (tiny sizes, one iteration: these figures only prove the code runs)"
@@ -227,8 +284,9 @@ fn run() -> Result<(), String> {
         "full mode"
     };
     let findings = match &args.findings {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|error| format!("{}: {error}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?
+        }
         None => String::new(),
     };
     let report = format!(
@@ -247,7 +305,8 @@ fn run() -> Result<(), String> {
         machine.markdown(),
         checks_table(&checks),
     );
-    std::fs::write(&args.out, report).map_err(|error| format!("{}: {error}", args.out.display()))?;
+    std::fs::write(&args.out, report)
+        .map_err(|error| format!("{}: {error}", args.out.display()))?;
     println!("wrote {} and {}", args.out.display(), args.chart.display());
     Ok(())
 }
