@@ -351,15 +351,41 @@ struct PipelineRow {
     images_per_sec: f64,
 }
 
+/// A fresh product: the catalog holds at most 100 images per product.
+async fn new_product(
+    catalog: &CatalogServiceClient<Channel>,
+    token: &str,
+) -> Result<String, String> {
+    catalog
+        .clone()
+        .create_product(bearer(
+            catalog_pb::CreateProductRequest {
+                title: "Benchmark lamp".into(),
+                price: Some(catalog_pb::Money {
+                    amount_minor: 2_500,
+                    currency_code: "EUR".into(),
+                }),
+                ..catalog_pb::CreateProductRequest::default()
+            },
+            token,
+        ))
+        .await
+        .map_err(|status| format!("CreateProduct: {status}"))?
+        .into_inner()
+        .product
+        .map(|product| product.id)
+        .ok_or_else(|| "CreateProduct answered no product".to_owned())
+}
+
 async fn pipeline(
     edge: SocketAddr,
     catalog: &CatalogServiceClient<Channel>,
-    product: &str,
     token: &str,
     cases: &[(&str, Bytes, usize, usize)],
 ) -> Result<Vec<PipelineRow>, String> {
     let mut rows = Vec::new();
     for (label, jpeg, concurrency, count) in cases {
+        let product = new_product(catalog, token).await?;
         let started = Instant::now();
         let mut latencies = Vec::new();
         let mut pending = tokio::task::JoinSet::new();
@@ -369,7 +395,7 @@ async fn pipeline(
                 pending.spawn(upload_until_ready(
                     edge,
                     catalog.clone(),
-                    product.to_owned(),
+                    product.clone(),
                     token.to_owned(),
                     jpeg.clone(),
                 ));
@@ -437,25 +463,9 @@ fn main() {
             .tokens
             .unwrap()
             .access_token;
-        let mut catalog = CatalogServiceClient::new(channel);
-        let product = catalog
-            .create_product(bearer(
-                catalog_pb::CreateProductRequest {
-                    title: "Benchmark lamp".into(),
-                    price: Some(catalog_pb::Money {
-                        amount_minor: 2_500,
-                        currency_code: "EUR".into(),
-                    }),
-                    ..catalog_pb::CreateProductRequest::default()
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .product
-            .unwrap();
-        (token, product.id, catalog)
+        let catalog = CatalogServiceClient::new(channel);
+        let product_id = new_product(&catalog, &token).await.unwrap();
+        (token, product_id, catalog)
     });
 
     // Upload → READY.
@@ -487,15 +497,8 @@ fn main() {
         };
         runtime.block_on(async {
             // One warm-up image: compiles nothing (the edge caches components) but fills pools.
-            pipeline(
-                edge,
-                &catalog,
-                &product_id,
-                &token,
-                &[(small_label, small_jpeg, 1, 1)],
-            )
-            .await?;
-            pipeline(edge, &catalog, &product_id, &token, &cases).await
+            pipeline(edge, &catalog, &token, &[(small_label, small_jpeg, 1, 1)]).await?;
+            pipeline(edge, &catalog, &token, &cases).await
         })
     };
 
