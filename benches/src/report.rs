@@ -217,7 +217,7 @@ pub fn chart_svg(checks: &[Check], path: &Path, title: &str) -> Result<(), Strin
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
-        .x_label_area_size(36)
+        .x_label_area_size(56)
         .y_label_area_size(520)
         .build_cartesian_2d(0.0..x_max, (0..rows).into_segmented())
         .map_err(|e| error(&e))?;
@@ -234,7 +234,7 @@ pub fn chart_svg(checks: &[Check], path: &Path, title: &str) -> Result<(), Strin
         .collect();
     chart
         .configure_mesh()
-        .disable_y_mesh()
+        .disable_mesh()
         .y_labels(rows)
         .y_label_formatter(&|segment| match segment {
             SegmentValue::CenterOf(index) => labels.get(*index).cloned().unwrap_or_default(),
