@@ -75,7 +75,16 @@ fn login_latency(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = RedisServer::start().unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let argon2 = Argon2Config::default();
+    // Smoke mode only proves the code runs: the cheapest hash instead of the default cost.
+    let argon2 = if storemesh_benches::smoke() {
+        Argon2Config {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        }
+    } else {
+        Argon2Config::default()
+    };
     let settings = AuthSettings {
         auth: AuthConfig {
             server: storemesh_runtime::ServerConfig::default(),
@@ -115,9 +124,11 @@ fn login_latency(c: &mut Criterion) {
         .unwrap();
 
     let mut group = c.benchmark_group("login");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(10));
+    if !storemesh_benches::smoke() {
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(10));
+    }
     group.bench_function("argon2id_verify", |b| {
         b.to_async(&runtime).iter(|| async {
             assert!(
@@ -146,5 +157,21 @@ fn login_latency(c: &mut Criterion) {
     runtime.block_on(host.stop());
 }
 
-criterion_group!(benches, token_verification, login_latency);
+/// `STOREMESH_BENCH_SMOKE=1`: the fewest samples criterion allows, briefly.
+fn criterion_config() -> Criterion {
+    if storemesh_benches::smoke() {
+        Criterion::default()
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_millis(300))
+    } else {
+        Criterion::default()
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion_config();
+    targets = token_verification, login_latency
+}
 criterion_main!(benches);

@@ -161,7 +161,9 @@ fn throughput(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("edge_throughput");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.sample_size(20);
+    if !storemesh_benches::smoke() {
+        group.sample_size(20);
+    }
     for (name, addr) in [("native_hyper", native_addr), ("wasm_hello", edge_addr)] {
         let mut senders = runtime.block_on(connect(addr));
         group.bench_function(name, |b| {
@@ -179,5 +181,21 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, instantiation, throughput);
+/// `STOREMESH_BENCH_SMOKE=1`: the fewest samples criterion allows, briefly.
+fn criterion_config() -> Criterion {
+    if storemesh_benches::smoke() {
+        Criterion::default()
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_millis(300))
+    } else {
+        Criterion::default()
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion_config();
+    targets = instantiation, throughput
+}
 criterion_main!(benches);

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use storemesh_auth::config::Argon2Config;
 use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_benches::report::{self, Check, Goal};
+use storemesh_benches::{median, spread};
 use storemesh_proto::auth::v1 as auth_pb;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::storage::v1 as pb;
@@ -65,6 +67,9 @@ fn write_test_file(path: &Path, bytes: u64) {
     file.sync_all().unwrap();
 }
 
+/// cp, upload and download times; upload and download peak RSS growth in KiB.
+type Row = (Duration, Duration, Duration, u64, u64);
+
 fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
@@ -74,8 +79,7 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 fn main() {
-    let smoke = std::env::var_os("STOREMESH_BENCH_SMOKE").is_some();
-    let (size, runs) = if smoke {
+    let (size, runs) = if storemesh_benches::smoke() {
         (64 * 1024 * 1024_u64, 1)
     } else {
         (1024 * 1024 * 1024_u64, 3)
@@ -150,7 +154,7 @@ fn main() {
             .max_decoding_message_size(8 * CHUNK)
             .max_encoding_message_size(8 * CHUNK);
 
-        let mut rows = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for run in 0..runs {
             // Baseline: cp, then sync of the copy.
             let copy = work.path().join("copy.bin");
@@ -258,32 +262,64 @@ fn main() {
         }
 
         let throughput = |time: Duration| size as f64 / MIB / time.as_secs_f64();
-        let median = |mut values: Vec<f64>| {
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
+        let series = |pick: fn(&Row) -> Duration| -> Vec<f64> {
+            rows.iter().map(|row| throughput(pick(row))).collect()
         };
-        let cp = median(rows.iter().map(|r| throughput(r.0)).collect());
-        let up = median(rows.iter().map(|r| throughput(r.1)).collect());
-        let down = median(rows.iter().map(|r| throughput(r.2)).collect());
+        let (cp, up, down) = (series(|r| r.0), series(|r| r.1), series(|r| r.2));
+        let (cp_median, up_median, down_median) = (median(&cp), median(&up), median(&down));
         let up_rss = rows.iter().map(|r| r.3).max().unwrap_or(0) as f64 / 1024.0;
         let down_rss = rows.iter().map(|r| r.4).max().unwrap_or(0) as f64 / 1024.0;
+        let range = |values: &[f64]| {
+            let (low, high) = spread(values);
+            format!("{low:.0}–{high:.0}")
+        };
         println!();
         println!(
-            "| transfer of {:.0} MiB | MiB/s (median of {runs}) | × cp | peak RSS growth MiB |",
+            "| transfer of {:.0} MiB | MiB/s (median of {runs}) | min–max | × cp | peak RSS growth MiB (max) |",
             size as f64 / MIB
         );
-        println!("|---|---|---|---|");
-        println!("| cp + sync (baseline) | {cp:.0} | 1.00 | — |");
+        println!("|---|---|---|---|---|");
+        println!("| cp + sync (baseline) | {cp_median:.0} | {} | 1.00 | — |", range(&cp));
         println!(
-            "| storage Upload (gRPC, 1 MiB chunks) | {up:.0} | {:.2} | {up_rss:.1} |",
-            up / cp
+            "| storage Upload (gRPC, 1 MiB chunks) | {up_median:.0} | {} | {:.2} | {up_rss:.1} |",
+            range(&up),
+            up_median / cp_median
         );
         println!(
-            "| storage Download (gRPC) | {down:.0} | {:.2} | {down_rss:.1} |",
-            down / cp
+            "| storage Download (gRPC) | {down_median:.0} | {} | {:.2} | {down_rss:.1} |",
+            range(&down),
+            down_median / cp_median
         );
         println!();
-        println!("Goals: ≥ 0.50× cp, < 32 MiB RSS growth (client and server share this process).");
+        println!(
+            "Both sides fsync. Client and server share this process, so the RSS growth is both \
+             sides' buffers together."
+        );
+        println!();
+        for (measure, value) in [
+            ("upload MiB/s ÷ cp", up_median / cp_median),
+            ("download MiB/s ÷ cp", down_median / cp_median),
+        ] {
+            report::record(&Check::new(
+                "storage_throughput",
+                measure,
+                value,
+                "×",
+                Some(Goal::AtLeast(0.5)),
+            ));
+        }
+        for (measure, value) in [
+            ("upload peak RSS growth", up_rss),
+            ("download peak RSS growth", down_rss),
+        ] {
+            report::record(&Check::new(
+                "storage_throughput",
+                measure,
+                value,
+                "MiB",
+                Some(Goal::AtMost(32.0)),
+            ));
+        }
         drop((storage, auth, redis, keys));
     });
 }

@@ -30,6 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use storemesh_benches::images::photo_jpeg;
 use storemesh_edge::{EdgeConfig, testing};
 use storemesh_imaging::{Limits, ThumbnailSpec, make_thumbnails};
 
@@ -48,39 +49,6 @@ component = "thumbnail"
 [component.thumbnail]
 source = "SOURCE"
 "#;
-
-/// Gradients plus per-pixel noise: compresses like a photograph, not like a flat test card.
-fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut pixels = Vec::with_capacity((width * height * 3) as usize);
-    for y in 0..height {
-        for x in 0..width {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state & 0x1f) as u32;
-            let fx = x * 255 / width;
-            let fy = y * 255 / height;
-            let ring = ((x as i64 - width as i64 / 2).pow(2)
-                + (y as i64 - height as i64 / 3).pow(2))
-            .unsigned_abs()
-                / 4_000;
-            pixels.push(((fx + noise) / 2 + (ring as u32 % 64)) as u8);
-            pixels.push(((fy + noise) * 3 / 4) as u8);
-            pixels.push((((fx + fy) / 2 + noise) % 256) as u8);
-        }
-    }
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(
-            &pixels,
-            width as u16,
-            height as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .unwrap();
-    out
-}
 
 fn spec() -> ThumbnailSpec {
     ThumbnailSpec {
@@ -485,4 +453,50 @@ fn main() {
     }
     println!();
     println!("Goals: wasm ≤ 1.0× vipsthumbnail, native ≤ 0.5× vipsthumbnail (wall time).");
+    println!();
+    record_checks(&vips, &convert, &ours, &wasm);
+}
+
+/// The goal checks for the report (`storemesh_benches::report`).
+fn record_checks(
+    vips: &Option<Series>,
+    convert: &Option<Series>,
+    ours: &Series,
+    wasm: &Result<Wasm, String>,
+) {
+    use storemesh_benches::report::{Check, Goal, record};
+    if let Some(vips) = vips {
+        record(&Check::new(
+            "thumbnail",
+            "native (process) wall ÷ vipsthumbnail",
+            ours.wall() / vips.wall(),
+            "×",
+            Some(Goal::AtMost(0.5)),
+        ));
+        if let Ok(wasm) = wasm {
+            record(&Check::new(
+                "thumbnail",
+                "wasm on the edge runtime (request) ÷ vipsthumbnail",
+                median(&wasm.request_ms) / vips.wall(),
+                "×",
+                Some(Goal::AtMost(1.0)),
+            ));
+        }
+    }
+    if let Some(convert) = convert {
+        record(&Check::new(
+            "thumbnail",
+            "native (process) wall ÷ ImageMagick convert",
+            ours.wall() / convert.wall(),
+            "×",
+            None,
+        ));
+    }
+    record(&Check::new(
+        "thumbnail",
+        "native (process) peak RSS",
+        median(&ours.max_rss_kib) / 1024.0,
+        "MiB",
+        None,
+    ));
 }

@@ -139,8 +139,11 @@ fn dev_cert(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // reqwest and the S3 client are built without a bundled TLS crypto provider: use ring, as
-    // the rest of the mesh does, before any HTTP client is made.
+    // reqwest is built with `rustls-no-provider` (shared with storage's S3 client), so every
+    // reqwest client (`up`'s HTTP readiness checks of the edge runtime, uploads) needs a process
+    // provider: ring, as the rest of the mesh uses. Without this `storemesh up` panics when it
+    // checks the edge runtime (tests hide it: their dev-dependencies bring a provider). An
+    // error only means a provider was installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
