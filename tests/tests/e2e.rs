@@ -93,6 +93,18 @@ impl Up {
                 repo_root().join("spin.toml").display().to_string(),
             ),
         ];
+        // Outages in these tests (a killed storage or Redis) can outlast the default three
+        // retries; the dispatcher keeps trying for about a minute, and the reconciler (the
+        // safety net for events that still ran out of attempts) looks after one minute
+        // instead of ten.
+        envs.extend([
+            ("STOREMESH_DISPATCHER__MAX_ATTEMPTS".into(), "20".into()),
+            ("STOREMESH_DISPATCHER__MAX_BACKOFF_MS".into(), "4000".into()),
+            (
+                "STOREMESH_DISPATCHER__RECONCILER__STUCK_AFTER_SECS".into(),
+                "60".into(),
+            ),
+        ]);
         for service in ["AUTH", "CATALOG", "STORAGE", "DISPATCHER"] {
             envs.push((format!("STOREMESH_{service}__SERVER__LISTEN"), address()));
         }
