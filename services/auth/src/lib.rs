@@ -98,6 +98,9 @@ pub async fn build(settings: AuthSettings) -> Result<ServiceHost, StartError> {
     let api = service::AuthApi {
         store: store::Store::new(connection.clone()),
         hasher,
+        verified_secrets: Arc::new(passwords::VerifiedSecrets::new(
+            passwords::VERIFIED_SECRET_TTL,
+        )),
         keyring: keyring.clone(),
         config: Arc::new(auth.clone()),
         tokens: tokens.clone(),

@@ -1,7 +1,20 @@
 //! Argon2id password and client-secret hashing, run on the blocking pool so a burst of logins
 //! never stalls the async workers serving other calls.
+//!
+//! Two things keep the cost bounded:
+//! - At most [`PasswordHasher::concurrency`] hashes run at once. Each Argon2id hash holds its
+//!   whole memory cost (19 MiB by default); unbounded, a burst on the 512-thread blocking pool
+//!   grew auth to ~1 GiB, and the hashes compete for the same cores anyway.
+//! - Service-account secrets that verified once are remembered (see [`VerifiedSecrets`]), so
+//!   the thumbnail function's token request per delivery costs an HMAC, not an Argon2id hash.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
@@ -16,6 +29,8 @@ pub struct PasswordHasher {
     /// A hash of a random secret, verified against when an account does not exist so that
     /// "no such account" takes as long as "wrong password" (no enumeration by timing).
     decoy: Arc<String>,
+    /// Bounds the hashes running at once (and so their memory).
+    permits: Arc<Semaphore>,
 }
 
 impl PasswordHasher {
@@ -36,13 +51,30 @@ impl PasswordHasher {
         Ok(Self {
             argon2: Arc::new(argon2),
             decoy: Arc::new(decoy),
+            permits: Arc::new(Semaphore::new(Self::concurrency())),
         })
+    }
+
+    /// Hashes allowed to run at once: one per core. Argon2id is CPU-bound, so more at once
+    /// only adds memory, not throughput; waiting callers queue (each under its own deadline).
+    pub fn concurrency() -> usize {
+        std::thread::available_parallelism().map_or(2, |cores| cores.get())
+    }
+
+    async fn permit(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ServiceError::internal)
     }
 
     /// A PHC-format Argon2id hash of `secret` with a fresh random salt.
     pub async fn hash(&self, secret: String) -> ServiceResult<String> {
         let argon2 = self.argon2.clone();
+        let permit = self.permit().await?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let salt = SaltString::generate(&mut OsRng);
             argon2
                 .hash_password(secret.as_bytes(), &salt)
@@ -59,7 +91,9 @@ impl PasswordHasher {
         let argon2 = self.argon2.clone();
         let real = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.decoy.as_ref().clone());
+        let permit = self.permit().await?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let parsed = PasswordHash::new(&stored)
                 .map_err(|error| ServiceError::internal(format!("stored hash: {error}")))?;
             let matches = argon2.verify_password(secret.as_bytes(), &parsed).is_ok();
@@ -67,6 +101,74 @@ impl PasswordHasher {
         })
         .await
         .map_err(ServiceError::internal)?
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How long a verified service-account secret is remembered. Removing an account takes effect
+/// at once (its stored hash is looked up first); this only bounds how long a process trusts
+/// its memory of one Argon2id verification.
+pub const VERIFIED_SECRET_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Service-account secrets that passed an Argon2id verification, remembered in this process
+/// for `ttl` as an HMAC under a per-process random key.
+///
+/// The tag covers the stored hash as well as the secret, so rotating a secret (a new stored
+/// hash) or presenting a different secret misses and goes through Argon2id again; a wrong
+/// secret never gets cheap guesses. Nothing here is persisted or shared: Redis keeps only the
+/// Argon2id hash, so a leaked dump is as hard to attack as before. One entry per service
+/// account (entries are only made for accounts that exist), so the map stays small.
+pub struct VerifiedSecrets {
+    key: [u8; 32],
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+}
+
+impl VerifiedSecrets {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            key: rand::random(),
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `None` cannot happen (HMAC takes keys of any length); callers then treat the secret as
+    /// not remembered, which only costs an Argon2id verification.
+    fn tag(&self, client_id: &str, stored_hash: &str, secret: &str) -> Option<HmacSha256> {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key).ok()?;
+        for part in [client_id, stored_hash, secret] {
+            // Length-prefixed so that no two different triples hash the same bytes.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        Some(mac)
+    }
+
+    /// Whether this exact secret verified against this exact stored hash within `ttl`.
+    pub fn contains(&self, client_id: &str, stored_hash: &str, secret: &str) -> bool {
+        let remembered = match self.entries.lock() {
+            Ok(entries) => entries.get(client_id).cloned(),
+            Err(_) => None,
+        };
+        match remembered {
+            Some((tag, at)) if at.elapsed() < self.ttl => self
+                .tag(client_id, stored_hash, secret)
+                .is_some_and(|mac| mac.verify_slice(&tag).is_ok()), // constant-time comparison
+            _ => false,
+        }
+    }
+
+    /// Remembers a secret that just passed Argon2id verification.
+    pub fn insert(&self, client_id: &str, stored_hash: &str, secret: &str) {
+        let Some(mac) = self.tag(client_id, stored_hash, secret) else {
+            return;
+        };
+        let tag = mac.finalize().into_bytes().to_vec();
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(client_id.to_owned(), (tag, Instant::now()));
+        }
     }
 }
 
@@ -106,5 +208,55 @@ mod tests {
                 .unwrap()
         );
         assert!(!hasher.verify("anything".into(), None).await.unwrap());
+    }
+
+    #[test]
+    fn verified_secrets_match_only_the_same_secret_and_hash_within_ttl() {
+        let cache = VerifiedSecrets::new(Duration::from_secs(60));
+        assert!(!cache.contains("thumbnail", "$argon2id$a", "s3cret-s3cret-s3cret"));
+        cache.insert("thumbnail", "$argon2id$a", "s3cret-s3cret-s3cret");
+        assert!(cache.contains("thumbnail", "$argon2id$a", "s3cret-s3cret-s3cret"));
+        assert!(!cache.contains("thumbnail", "$argon2id$a", "s3cret-s3cret-s3creT"));
+        assert!(
+            !cache.contains("thumbnail", "$argon2id$b", "s3cret-s3cret-s3cret"),
+            "a rotated secret (new stored hash) must be verified again"
+        );
+        assert!(!cache.contains("catalog", "$argon2id$a", "s3cret-s3cret-s3cret"));
+        // Length prefixes: moving bytes between fields does not collide.
+        assert!(!cache.contains("thumbnail", "$argon2id$as", "3cret-s3cret-s3cret"));
+
+        let expired = VerifiedSecrets::new(Duration::ZERO);
+        expired.insert("thumbnail", "$argon2id$a", "s3cret-s3cret-s3cret");
+        assert!(!expired.contains("thumbnail", "$argon2id$a", "s3cret-s3cret-s3cret"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_hashes_are_capped_at_the_core_count() {
+        let hasher = cheap();
+        let cap = PasswordHasher::concurrency();
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Occupy every permit, then check a further hash has to wait for one.
+        let mut held = Vec::new();
+        for _ in 0..cap {
+            held.push(hasher.permit().await.unwrap());
+        }
+        let waiting = {
+            let hasher = hasher.clone();
+            let started = started.clone();
+            tokio::spawn(async move {
+                let hash = hasher.hash("queued".into()).await;
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                hash
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(held);
+        let hash = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$"));
     }
 }

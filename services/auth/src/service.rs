@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::AuthConfig;
 use crate::keys::Keyring;
-use crate::passwords::PasswordHasher;
+use crate::passwords::{PasswordHasher, VerifiedSecrets};
 use crate::ratelimit::{self, hex};
 use crate::store::{Rotation, Store, UserRecord};
 use crate::validate;
@@ -30,6 +30,7 @@ const INVALID_CLIENT: &str = "invalid client credentials";
 pub struct AuthApi {
     pub(crate) store: Store,
     pub(crate) hasher: PasswordHasher,
+    pub(crate) verified_secrets: Arc<VerifiedSecrets>,
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) config: Arc<AuthConfig>,
     pub(crate) tokens: TokensConfig,
@@ -544,13 +545,24 @@ impl pb::auth_service_server::AuthService for AuthApi {
         .await?;
 
         let account = self.store.service_account(&request.client_id).await?;
-        let verified = self
-            .hasher
-            .verify(
-                request.client_secret,
-                account.as_ref().map(|(hash, _)| hash.clone()),
-            )
-            .await?;
+        let remembered = account.as_ref().is_some_and(|(hash, _)| {
+            self.verified_secrets
+                .contains(&request.client_id, hash, &request.client_secret)
+        });
+        let verified = remembered
+            || self
+                .hasher
+                .verify(
+                    request.client_secret.clone(),
+                    account.as_ref().map(|(hash, _)| hash.clone()),
+                )
+                .await?;
+        if verified && !remembered {
+            if let Some((hash, _)) = &account {
+                self.verified_secrets
+                    .insert(&request.client_id, hash, &request.client_secret);
+            }
+        }
         let Some((_, granted)) = account.filter(|_| verified) else {
             return Err(ServiceError::Unauthenticated(INVALID_CLIENT.into()).into());
         };

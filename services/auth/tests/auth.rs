@@ -615,6 +615,46 @@ async fn service_accounts_get_narrow_scoped_tokens() {
     assert_eq!(not_granted.code(), Code::PermissionDenied);
 }
 
+/// A replica remembers a verified service secret (so a token per thumbnail delivery costs no
+/// Argon2id hash); rotating the secret elsewhere must still end the old one at once.
+#[tokio::test]
+async fn a_rotated_service_secret_is_refused_by_a_replica_that_remembered_the_old_one() {
+    let harness = Harness::start().await;
+    let mut replica_a = harness.client().await;
+    let request = |secret: &str| pb::IssueServiceTokenRequest {
+        client_id: "thumbnail".into(),
+        client_secret: secret.into(),
+        requested_scopes: vec![],
+    };
+    for _ in 0..3 {
+        replica_a
+            .issue_service_token(request(THUMBNAIL_SECRET))
+            .await
+            .unwrap();
+    }
+
+    // A second replica on the same Redis starts with a rotated secret and stores its hash.
+    const ROTATED: &str = "a-rotated-thumbnail-secret-0123456789";
+    let mut rotated = settings(&harness.redis, harness.keys.path());
+    rotated.auth.service_accounts[0].client_secret = ROTATED.into();
+    let replica_b = RunningHost::spawn(storemesh_auth::build(rotated).await.unwrap()).unwrap();
+
+    let old = replica_a
+        .issue_service_token(request(THUMBNAIL_SECRET))
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::Unauthenticated, "{old:?}");
+    replica_a
+        .issue_service_token(request(ROTATED))
+        .await
+        .unwrap();
+    AuthServiceClient::new(replica_b.channel().await.unwrap())
+        .issue_service_token(request(ROTATED))
+        .await
+        .unwrap();
+    replica_b.stop().await;
+}
+
 #[tokio::test]
 async fn restart_keeps_keys_and_sessions() {
     let mut harness = Harness::start().await;
