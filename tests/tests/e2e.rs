@@ -19,6 +19,7 @@ use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::storage::v1 as storage_pb;
 use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
 use storemesh_testkit::free_port;
+use storemesh_testkit::process::{child_pid, try_child_pid};
 use tonic::transport::Channel;
 
 /// The `storemesh` binary cargo built next to this test (`target/<profile>/storemesh`).
@@ -256,52 +257,6 @@ impl Up {
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn try_child_pid(parent: u32, service: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, after_comm)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let Some(ppid) = after_comm
-            .split(' ')
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if ppid != parent {
-            continue;
-        }
-        let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let arguments: Vec<&[u8]> = command_line.split(|b| *b == 0).collect();
-        let matches = if service == "redis" {
-            // redis-server rewrites its title to `redis-server <addr>:<port>`.
-            arguments.first().is_some_and(|program| {
-                program
-                    .windows(b"redis-server".len())
-                    .any(|window| window == b"redis-server")
-            })
-        } else {
-            arguments
-                .windows(2)
-                .any(|pair| pair == [b"serve".as_slice(), service.as_bytes()])
-        };
-        if matches {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-fn child_pid(parent: u32, service: &str) -> u32 {
-    try_child_pid(parent, service).unwrap_or_else(|| panic!("no child running {service}"))
 }
 
 fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {

@@ -1,11 +1,59 @@
 //! One upstream endpoint: its load estimate and its health (outlier ejection with half-open
 //! probing). The state machine is pure; callers pass the current time.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// Per-endpoint metric handles, registered on the endpoint's first call: a labelled metric
+/// looked up in the registry allocates and hashes its labels each time, on every proxied call.
+#[derive(Debug)]
+pub(crate) struct EndpointMetrics {
+    upstream: String,
+    endpoint: String,
+    pub(crate) seconds: metrics::Histogram,
+    /// `mesh_upstream_requests_total` by outcome: the 17 gRPC codes, then transport error.
+    outcomes: [OnceLock<metrics::Counter>; 18],
+}
+
+/// How one attempt on an endpoint ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Status(tonic::Code),
+    TransportError,
+}
+
+impl EndpointMetrics {
+    fn new(upstream: &str, endpoint: &str) -> Self {
+        Self {
+            seconds: metrics::histogram!(
+                "mesh_upstream_request_seconds",
+                "upstream" => upstream.to_owned(),
+                "endpoint" => endpoint.to_owned()
+            ),
+            outcomes: std::array::from_fn(|_| OnceLock::new()),
+            upstream: upstream.to_owned(),
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    pub(crate) fn requests(&self, outcome: Outcome) -> Option<&metrics::Counter> {
+        let (index, label) = match outcome {
+            Outcome::Status(code) => (code as usize, storemesh_runtime::error::code_name(code)),
+            Outcome::TransportError => (17, "TRANSPORT_ERROR"),
+        };
+        Some(self.outcomes.get(index)?.get_or_init(|| {
+            metrics::counter!(
+                "mesh_upstream_requests_total",
+                "upstream" => self.upstream.clone(),
+                "endpoint" => self.endpoint.clone(),
+                "outcome" => label
+            )
+        }))
+    }
+}
 
 /// When an endpoint is taken out of rotation and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +98,7 @@ pub struct Endpoint {
     pub authority: String,
     pending: AtomicUsize,
     health: Mutex<Health>,
+    metrics: OnceLock<EndpointMetrics>,
 }
 
 impl Endpoint {
@@ -58,7 +107,14 @@ impl Endpoint {
             authority: authority.into(),
             pending: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// This endpoint's metric handles, labelled with `upstream` (its owner) on first use.
+    pub(crate) fn metrics(&self, upstream: &str) -> &EndpointMetrics {
+        self.metrics
+            .get_or_init(|| EndpointMetrics::new(upstream, &self.authority))
     }
 
     /// Requests sent and not yet answered: the load estimate for power-of-two-choices.

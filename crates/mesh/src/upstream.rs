@@ -15,13 +15,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::Rng;
-use storemesh_runtime::error::code_name;
 use storemesh_runtime::observe::{StatusBody, StatusSink, status_code};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::config::{UpstreamConfig, split_authority};
-use crate::endpoint::{EjectionPolicy, Endpoint, FailureOutcome, pick_two};
+use crate::endpoint::{EjectionPolicy, Endpoint, FailureOutcome, Outcome, pick_two};
 use crate::timeout;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,7 +38,7 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 pub struct Upstream {
-    name: String,
+    name: Arc<str>,
     config: UpstreamConfig,
     policy: EjectionPolicy,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
@@ -136,7 +135,7 @@ impl Upstream {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .build(connector);
         let upstream = Arc::new(Self {
-            name: name.into(),
+            name: Arc::from(name.into()),
             policy: EjectionPolicy {
                 consecutive_failures: config.eject_after_failures,
                 base_ejection: Duration::from_millis(config.base_ejection_ms),
@@ -192,6 +191,10 @@ impl Upstream {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Set on every successful discovery, not only on change: an upstream that starts (and
+        // stays) empty must report 0, or the "no endpoints" alert could never fire.
+        metrics::gauge!("mesh_upstream_endpoints", "upstream" => self.name.clone())
+            .set(discovered.len() as f64);
         let current: Vec<String> = endpoints.iter().map(|e| e.authority.clone()).collect();
         if current == discovered {
             return;
@@ -207,8 +210,6 @@ impl Upstream {
             })
             .collect();
         tracing::info!(upstream = %self.name, endpoints = ?discovered, "endpoints changed");
-        metrics::gauge!("mesh_upstream_endpoints", "upstream" => self.name.clone())
-            .set(next.len() as f64);
         *endpoints = next;
     }
 
@@ -280,10 +281,10 @@ impl Upstream {
         }
     }
 
-    fn record(&self, endpoint: &Endpoint, started: Instant) -> EndpointCall {
+    fn record(&self, endpoint: &Arc<Endpoint>, started: Instant) -> EndpointCall {
         EndpointCall {
             upstream: self.name.clone(),
-            endpoint: endpoint.authority.clone(),
+            endpoint: endpoint.clone(),
             started,
             done: false,
         }
@@ -388,7 +389,7 @@ impl Upstream {
                     )));
                 }
                 Ok(Err(error)) => {
-                    record.finish_with("TRANSPORT_ERROR");
+                    record.finish_with(Outcome::TransportError);
                     self.failure(&endpoint, Instant::now());
                     tracing::debug!(upstream = %self.name, endpoint = %endpoint.authority, %error, attempt, "upstream transport error");
                     if may_retry(self) {
@@ -431,42 +432,34 @@ impl Upstream {
 /// Counts one attempt on one endpoint once its outcome is known: the status in the response
 /// headers or trailers, a transport error, or `CANCELLED` when the caller went away.
 struct EndpointCall {
-    upstream: String,
-    endpoint: String,
+    upstream: Arc<str>,
+    endpoint: Arc<Endpoint>,
     started: Instant,
     done: bool,
 }
 
 impl EndpointCall {
-    fn finish_with(&mut self, outcome: &'static str) {
+    fn finish_with(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        metrics::counter!(
-            "mesh_upstream_requests_total",
-            "upstream" => self.upstream.clone(),
-            "endpoint" => self.endpoint.clone(),
-            "outcome" => outcome
-        )
-        .increment(1);
-        metrics::histogram!(
-            "mesh_upstream_request_seconds",
-            "upstream" => self.upstream.clone(),
-            "endpoint" => self.endpoint.clone()
-        )
-        .record(self.started.elapsed().as_secs_f64());
+        let metrics = self.endpoint.metrics(&self.upstream);
+        if let Some(counter) = metrics.requests(outcome) {
+            counter.increment(1);
+        }
+        metrics.seconds.record(self.started.elapsed().as_secs_f64());
     }
 }
 
 impl StatusSink for EndpointCall {
     fn finish(&mut self, code: tonic::Code) {
-        self.finish_with(code_name(code));
+        self.finish_with(Outcome::Status(code));
     }
 }
 
 impl Drop for EndpointCall {
     fn drop(&mut self) {
-        self.finish_with("CANCELLED");
+        self.finish_with(Outcome::Status(tonic::Code::Cancelled));
     }
 }
 

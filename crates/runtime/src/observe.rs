@@ -10,7 +10,9 @@
 //! the trailers at the end of the body. A body dropped before its end (client went away) counts as
 //! `CANCELLED`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -51,10 +53,83 @@ fn rpc_names(path: &str) -> (String, String) {
     }
 }
 
-/// Records the outcome of one served call exactly once (on status, or on drop).
-pub struct CallRecord {
+/// Paths given their own metric labels; calls to further paths share the `unknown` labels.
+/// The path is chosen by the client, so this bounds both this map and the metrics' cardinality.
+const MAX_LABELLED_PATHS: usize = 512;
+
+/// One RPC path's metric handles, registered once. Looking a labelled metric up in the
+/// registry allocates and hashes its labels; on a hot read that showed on every call.
+struct RpcMetrics {
     service: String,
     method: String,
+    started: metrics::Counter,
+    seconds: metrics::Histogram,
+    /// `grpc_server_handled_total` by status code (0–16), registered on first use.
+    handled: [OnceLock<metrics::Counter>; 17],
+}
+
+impl RpcMetrics {
+    fn new(service: String, method: String) -> Self {
+        let labels = [("service", service.clone()), ("method", method.clone())];
+        Self {
+            started: metrics::counter!(STARTED_TOTAL, &labels),
+            seconds: metrics::histogram!(HANDLING_SECONDS, &labels),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+            service,
+            method,
+        }
+    }
+
+    fn handled(&self, code: tonic::Code) -> Option<&metrics::Counter> {
+        let slot = self.handled.get(code as usize)?;
+        Some(slot.get_or_init(|| {
+            metrics::counter!(
+                HANDLED_TOTAL,
+                &[
+                    ("service", self.service.clone()),
+                    ("method", self.method.clone()),
+                    ("code", code_name(code).to_owned()),
+                ]
+            )
+        }))
+    }
+}
+
+/// The handles for `path`, made on its first call.
+fn rpc_metrics(path: &str) -> Arc<RpcMetrics> {
+    static BY_PATH: LazyLock<RwLock<HashMap<String, Arc<RpcMetrics>>>> =
+        LazyLock::new(RwLock::default);
+    static UNKNOWN: LazyLock<Arc<RpcMetrics>> =
+        LazyLock::new(|| Arc::new(RpcMetrics::new("unknown".into(), "unknown".into())));
+    let known = match BY_PATH.read() {
+        Ok(map) => map.get(path).cloned(),
+        Err(poisoned) => poisoned.into_inner().get(path).cloned(),
+    };
+    if let Some(metrics) = known {
+        return metrics;
+    }
+    let (service, method) = rpc_names(path);
+    if service == "unknown" {
+        return UNKNOWN.clone();
+    }
+    let mut map = match BY_PATH.write() {
+        Ok(map) => map,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(metrics) = map.get(path) {
+        return metrics.clone();
+    }
+    if map.len() >= MAX_LABELLED_PATHS {
+        return UNKNOWN.clone();
+    }
+    let metrics = Arc::new(RpcMetrics::new(service, method));
+    map.insert(path.to_owned(), metrics.clone());
+    metrics
+}
+
+/// Records the outcome of one served call exactly once (on status, or on drop).
+pub struct CallRecord {
+    metrics: Arc<RpcMetrics>,
     start: Instant,
     span: tracing::Span,
     done: bool,
@@ -68,20 +143,10 @@ impl StatusSink for CallRecord {
         self.done = true;
         let name = code_name(code);
         let elapsed = self.start.elapsed();
-        let labels = [
-            ("service", self.service.clone()),
-            ("method", self.method.clone()),
-        ];
-        metrics::counter!(
-            HANDLED_TOTAL,
-            &[
-                ("service", self.service.clone()),
-                ("method", self.method.clone()),
-                ("code", name.to_owned()),
-            ]
-        )
-        .increment(1);
-        metrics::histogram!(HANDLING_SECONDS, &labels).record(elapsed.as_secs_f64());
+        if let Some(counter) = self.metrics.handled(code) {
+            counter.increment(1);
+        }
+        self.metrics.seconds.record(elapsed.as_secs_f64());
         self.span.record("grpc.code", name);
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         match code {
@@ -136,7 +201,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let (service, method) = rpc_names(request.uri().path());
+        let metrics = rpc_metrics(request.uri().path());
         let request_id = request
             .headers()
             .get("x-request-id")
@@ -147,18 +212,16 @@ where
             "rpc",
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
+            rpc.service = %metrics.service,
+            rpc.method = %metrics.method,
             request_id = %request_id,
             grpc.code = tracing::field::Empty,
             subject = tracing::field::Empty,
         );
         adopt_remote_parent(&span, request.headers());
-        metrics::counter!(STARTED_TOTAL, "service" => service.clone(), "method" => method.clone())
-            .increment(1);
+        metrics.started.increment(1);
         let mut record = CallRecord {
-            service,
-            method,
+            metrics,
             start: Instant::now(),
             span: span.clone(),
             done: false,
@@ -262,5 +325,28 @@ mod tests {
         );
         assert_eq!(rpc_names("/"), ("unknown".into(), "unknown".into()));
         assert_eq!(rpc_names("/only"), ("unknown".into(), "unknown".into()));
+    }
+
+    #[test]
+    fn client_chosen_paths_cannot_grow_the_labels_without_bound() {
+        let first = rpc_metrics("/storemesh.test.v1.Bounded/First");
+        assert_eq!(first.method, "First");
+        assert!(Arc::ptr_eq(
+            &first,
+            &rpc_metrics("/storemesh.test.v1.Bounded/First")
+        ));
+        for index in 0..MAX_LABELLED_PATHS {
+            rpc_metrics(&format!("/storemesh.test.v1.Bounded/M{index}"));
+        }
+        let overflow = rpc_metrics("/storemesh.test.v1.Bounded/OneTooMany");
+        assert_eq!(
+            (overflow.service.as_str(), overflow.method.as_str()),
+            ("unknown", "unknown")
+        );
+        // Paths labelled before the map filled keep their labels.
+        assert_eq!(
+            rpc_metrics("/storemesh.test.v1.Bounded/First").method,
+            "First"
+        );
     }
 }

@@ -94,6 +94,9 @@ impl Drop for TelemetryGuard {
 /// Installs the process-wide subscriber for `service` (e.g. `auth`). Calling it again in the same
 /// process (tests) keeps the first subscriber.
 pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    // The metrics recorder too, before any service builds its clients: metrics recorded before
+    // it exists (e.g. an upstream's first discovery) would be lost.
+    crate::server::prometheus();
     let mut builder = SdkTracerProvider::builder().with_resource(
         opentelemetry_sdk::Resource::builder()
             .with_service_name(format!("storemesh-{service}"))

@@ -11,6 +11,7 @@ use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::catalog::v1::{CreateProductRequest, Money};
 use storemesh_testkit::free_port;
+use storemesh_testkit::process::child_pid;
 
 struct Up {
     child: Child,
@@ -104,33 +105,6 @@ impl Up {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// The pid of `up`'s child running `storemesh serve <service>` (from /proc).
-fn child_pid(up_pid: u32, service: &str) -> u32 {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the `(comm)`: state, ppid, ...
-        let Some(after_comm) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
-            continue;
-        };
-        let parent: u32 = after_comm.split(' ').nth(1).unwrap().parse().unwrap();
-        let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let arguments: Vec<&[u8]> = command_line.split(|b| *b == 0).collect();
-        if parent == up_pid
-            && arguments
-                .windows(2)
-                .any(|pair| pair == [b"serve", service.as_bytes()])
-        {
-            return pid;
-        }
-    }
-    panic!("no child running serve {service}");
 }
 
 fn listening(port: u16) -> bool {

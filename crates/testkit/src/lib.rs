@@ -3,9 +3,11 @@
 //! - [`RedisServer`]: a real `redis-server` child process on a free port, removed on drop.
 //! - [`free_port`]: an ephemeral loopback port.
 //! - [`echo`]: a small service built on the shared runtime, used to test the runtime itself.
+//! - [`process`]: the children `storemesh up` supervises, found through `/proc`.
 
 pub mod echo;
 pub mod host;
+pub mod process;
 mod redis_server;
 
 pub use host::RunningHost;

@@ -557,11 +557,12 @@ impl pb::auth_service_server::AuthService for AuthApi {
                     account.as_ref().map(|(hash, _)| hash.clone()),
                 )
                 .await?;
-        if verified && !remembered {
-            if let Some((hash, _)) = &account {
-                self.verified_secrets
-                    .insert(&request.client_id, hash, &request.client_secret);
-            }
+        if verified
+            && !remembered
+            && let Some((hash, _)) = &account
+        {
+            self.verified_secrets
+                .insert(&request.client_id, hash, &request.client_secret);
         }
         let Some((_, granted)) = account.filter(|_| verified) else {
             return Err(ServiceError::Unauthenticated(INVALID_CLIENT.into()).into());
