@@ -65,6 +65,15 @@ impl Drop for Up {
                 .status();
             let _ = self.child.wait();
         }
+        // The whole log of the system, kept with the raw results: an outlier (a retried
+        // delivery, a restarted child) is explained there.
+        if let Ok(results) = std::env::var("STOREMESH_BENCH_RESULTS") {
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                self.output.push(line);
+            }
+            let path = std::path::Path::new(&results).join("system-up.log");
+            let _ = std::fs::write(&path, self.output.join("\n") + "\n");
+        }
     }
 }
 

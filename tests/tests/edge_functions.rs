@@ -574,6 +574,19 @@ async fn plant_original(
     content_type: &str,
     bytes: Vec<u8>,
 ) -> String {
+    let key = store_original(system, seller, image_id, content_type, bytes.clone()).await;
+    attach_original(system, seller, image_id, &key, content_type, bytes.len()).await;
+    key
+}
+
+/// Stores an original (as the admin) without telling the catalog: storage emits its event.
+async fn store_original(
+    system: &System,
+    seller: &Seller,
+    image_id: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> String {
     let key = format!("products/{}/originals/{image_id}", seller.product);
     let messages = vec![
         storage_pb::UploadRequest {
@@ -586,7 +599,7 @@ async fn plant_original(
             )),
         },
         storage_pb::UploadRequest {
-            payload: Some(storage_pb::upload_request::Payload::Chunk(bytes.clone())),
+            payload: Some(storage_pb::upload_request::Payload::Chunk(bytes)),
         },
     ];
     system
@@ -595,6 +608,18 @@ async fn plant_original(
         .upload(bearer(futures::stream::iter(messages), &system.admin_token))
         .await
         .unwrap();
+    key
+}
+
+/// Attaches a stored original to the seller's product, as the upload hook does.
+async fn attach_original(
+    system: &System,
+    seller: &Seller,
+    image_id: &str,
+    key: &str,
+    content_type: &str,
+    size_bytes: usize,
+) {
     system
         .catalog_client()
         .await
@@ -602,9 +627,9 @@ async fn plant_original(
             catalog_pb::AttachImageRequest {
                 product_id: seller.product.clone(),
                 image_id: image_id.into(),
-                storage_key: key.clone(),
+                storage_key: key.into(),
                 content_type: content_type.into(),
-                size_bytes: bytes.len() as u64,
+                size_bytes: size_bytes as u64,
                 width: 100,
                 height: 100,
             },
@@ -612,7 +637,6 @@ async fn plant_original(
         ))
         .await
         .unwrap();
-    key
 }
 
 async fn deliver(system: &System, key: &str, attempt: u32) -> Answer {
@@ -979,6 +1003,40 @@ async fn unauthentic_deliveries_are_refused_and_other_events_ignored() {
     let answer = post_delivery(&system, body, headers).await;
     expect_status(&answer, 200);
     assert_eq!(answer.json()["result"], Value::from("skipped"));
+    system.stop().await;
+}
+
+/// Storage emits an original's event when it commits, and the upload hook attaches the image
+/// just after: a delivery that overtakes the attach waits a moment for the catalog rather
+/// than asking for a redelivery (which the dispatcher makes a second or more later). An image
+/// that is never attached still gets `503` with `Retry-After`, and nothing is stored for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_that_overtakes_the_attach_waits_for_it() {
+    let system = System::start().await;
+    let seller = seller(&system, "racer@example.com").await;
+    let png = images::png(64, 48);
+
+    let key = store_original(&system, &seller, "overtaken", "image/png", png.clone()).await;
+    let attach_later = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        attach_original(&system, &seller, "overtaken", &key, "image/png", png.len()).await;
+    };
+    let (answer, ()) = tokio::join!(deliver(&system, &key, 1), attach_later);
+    let variants = created_variants(&system, &answer, "overtaken").await;
+    assert!(!variants.is_empty());
+
+    let never = store_original(&system, &seller, "never-attached", "image/png", png).await;
+    let answer = deliver(&system, &never, 1).await;
+    expect_error(&answer, 503, "not_attached_yet");
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    assert!(
+        system
+            .events()
+            .iter()
+            .all(|event| !event.subject.contains("/thumbnails/never-attached/")),
+        "no thumbnail may be stored for an image the catalog does not know"
+    );
     system.stop().await;
 }
 

@@ -197,6 +197,13 @@ pub fn retry_after(status: &Status) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Blocks for `duration` on the WASI monotonic clock. A component instance serves one request,
+/// so blocking it holds up nothing else.
+pub fn pause(duration: Duration) {
+    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    wasi::clocks::monotonic_clock::subscribe_duration(nanos).block();
+}
+
 /// A WASI I/O error in one line: hosts (wasmtime) put a backtrace after the first line of
 /// `to_debug_string`, which belongs in no answer or log line of ours.
 pub fn io_error_text(error: &wasi::io::error::Error) -> String {

@@ -28,6 +28,8 @@
 
 mod delivery;
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use serde_json::json;
 use spin_sdk::http::{IncomingRequest, Method, Response};
@@ -58,6 +60,9 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 const MAX_DELIVERY_BYTES: usize = 64 * 1024;
 /// Longest failure reason the catalog accepts is limited; keep ours well below.
 const MAX_REASON_CHARS: usize = 500;
+/// Pauses (ms) between re-checks for an image the catalog does not know yet: 750 ms in all,
+/// well past the few milliseconds the upload hook normally takes to attach it.
+const ATTACH_WAITS: [u64; 5] = [25, 50, 100, 200, 375];
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
@@ -172,16 +177,28 @@ async fn process(request: IncomingRequest) -> Result<Response, ApiError> {
     let token = service_token(&mesh, &settings).await?;
     let token = token.as_str();
 
-    // Is there still something to do?
-    let image = mesh
-        .catalog()
-        .get_image(mesh.request(
-            GetImageRequest {
-                image_id: target.image_id.clone(),
-            },
-            Some(token),
-        ))
-        .await;
+    // Is there still something to do? Storage emits the event when the original commits, and
+    // the upload hook attaches the image to the catalog just after, so a quick delivery can
+    // find no image yet: re-check for a moment before asking for a redelivery, which the
+    // dispatcher would only make a second or more later.
+    let mut waits = ATTACH_WAITS.iter();
+    let image = loop {
+        let image = mesh
+            .catalog()
+            .get_image(mesh.request(
+                GetImageRequest {
+                    image_id: target.image_id.clone(),
+                },
+                Some(token),
+            ))
+            .await;
+        match (&image, waits.next()) {
+            (Err(status), Some(wait)) if status.code() == Code::NotFound => {
+                storemesh_mesh_client::pause(Duration::from_millis(*wait));
+            }
+            _ => break image,
+        }
+    };
     match image {
         Ok(answer) => {
             let image = answer.into_inner().image.unwrap_or_default();
