@@ -95,18 +95,30 @@ struct Running {
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 const MAX_QUICK_DEATHS: u32 = 5;
 
-/// Children are stopped in reverse start order (services first, Redis last) whatever happens.
+/// Children are stopped whatever happens: the services first (draining in parallel), then
+/// Redis once none of them can still be using it, so no in-flight call or consumer fails on
+/// a vanished Redis during shutdown.
 struct Children(Vec<Running>);
 
 impl Children {
     fn stop_all(&mut self) {
-        for running in self.0.iter().rev() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        Self::stop(self.0.iter_mut().filter(|r| r.name != "redis"), deadline);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        Self::stop(self.0.iter_mut().filter(|r| r.name == "redis"), deadline);
+        self.0.clear();
+    }
+
+    /// SIGTERM to each of `group`, then waits for all of them (killing any still running at
+    /// `deadline`).
+    fn stop<'a>(group: impl Iterator<Item = &'a mut Running>, deadline: Instant) {
+        let mut group: Vec<&mut Running> = group.collect();
+        for running in group.iter().rev() {
             if let Ok(pid) = i32::try_from(running.child.id()) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for running in self.0.iter_mut().rev() {
+        for running in group.iter_mut().rev() {
             loop {
                 match running.child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
@@ -120,7 +132,6 @@ impl Children {
                 }
             }
         }
-        self.0.clear();
     }
 
     /// Restarts every child that has died since the last look, like a process supervisor: at
