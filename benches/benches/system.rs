@@ -19,11 +19,9 @@
 //! a few uploads, 1 s of load.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +35,7 @@ use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::catalog::v1 as catalog_pb;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_testkit::free_port;
+use storemesh_testkit::process::{OutputLines, terminate};
 use tonic::transport::Channel;
 
 const POLL: Duration = Duration::from_millis(5);
@@ -53,54 +52,27 @@ const SERVICES: &[&str] = &[
 /// `storemesh up` as a child; stopped with SIGTERM when dropped.
 struct Up {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    output: Vec<String>,
+    output: OutputLines,
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.wait();
-        }
+        terminate(&mut self.child, Duration::from_secs(30));
         // The whole log of the system, kept with the raw results: an outlier (a retried
         // delivery, a restarted child) is explained there.
         if let Ok(results) = std::env::var("STOREMESH_BENCH_RESULTS") {
-            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                self.output.push(line);
-            }
+            self.output.settle(Duration::from_millis(200));
             let path = std::path::Path::new(&results).join("system-up.log");
-            let _ = std::fs::write(&path, self.output.join("\n") + "\n");
+            let _ = std::fs::write(&path, self.output.lines().join("\n") + "\n");
         }
     }
 }
 
 impl Up {
     fn wait_for(&mut self, needle: &str, within: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("storemesh up exited ({status}):\n{}", self.tail()));
-            }
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                let found = line.contains(needle);
-                self.output.push(line);
-                if found {
-                    return Ok(());
-                }
-            }
-        }
-        Err(format!("no {needle:?} within {within:?}:\n{}", self.tail()))
-    }
-
-    fn tail(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.output.push(line);
-        }
-        let start = self.output.len().saturating_sub(30);
-        self.output[start..].join("\n")
+        self.output
+            .wait_for(&mut self.child, needle, within)
+            .map_err(|error| format!("storemesh up: {error}"))
     }
 }
 
@@ -240,23 +212,8 @@ fn start_up(data: &Path, ports: &Ports) -> Up {
             storemesh_binary().display()
         )
     });
-    let (sender, lines) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let sender = sender.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-    }
-    Up {
-        child,
-        lines,
-        output: Vec::new(),
-    }
+    let output = OutputLines::capture(&mut child);
+    Up { child, output }
 }
 
 fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {

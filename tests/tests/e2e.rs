@@ -7,10 +7,9 @@
 mod images;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,7 +18,7 @@ use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::storage::v1 as storage_pb;
 use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
 use storemesh_testkit::free_port;
-use storemesh_testkit::process::{child_pid, try_child_pid};
+use storemesh_testkit::process::{OutputLines, child_pid, terminate, try_child_pid};
 use tonic::transport::Channel;
 
 /// The `storemesh` binary cargo built next to this test (`target/<profile>/storemesh`).
@@ -47,8 +46,7 @@ static ONE_SYSTEM_AT_A_TIME: Mutex<()> = Mutex::new(());
 struct Up {
     _exclusive: std::sync::MutexGuard<'static, ()>,
     child: Child,
-    lines: mpsc::Receiver<String>,
-    output: Arc<Mutex<Vec<String>>>,
+    output: OutputLines,
     data: tempfile::TempDir,
     gateway: String,
     edge: String,
@@ -57,19 +55,7 @@ struct Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
+        terminate(&mut self.child, Duration::from_secs(30));
     }
 }
 
@@ -133,25 +119,10 @@ impl Up {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (sender, lines) = mpsc::channel();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let sender = sender.clone();
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    output.lock().unwrap().push(line.clone());
-                    let _ = sender.send(line);
-                }
-            });
-        }
+        let output = OutputLines::capture(&mut child);
         let mut up = Self {
             _exclusive: exclusive,
             child,
-            lines,
             output,
             data,
             gateway: format!("http://{gateway}"),
@@ -163,25 +134,14 @@ impl Up {
     }
 
     fn log(&self) -> String {
-        let output = self.output.lock().unwrap();
-        let start = output.len().saturating_sub(200);
-        output[start..].join("\n")
+        self.output.tail(200)
     }
 
     /// Waits for an output line containing `needle` (printed after this call or before).
     fn wait_for(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100))
-                && line.contains(needle)
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("storemesh up exited ({status}):\n{}", self.log());
-            }
+        if let Err(error) = self.output.wait_for(&mut self.child, needle, within) {
+            panic!("storemesh up: {error}");
         }
-        panic!("no {needle:?} within {within:?}:\n{}", self.log());
     }
 
     /// Runs a client command as the user whose session lives in `session`.

@@ -92,6 +92,8 @@ struct Running {
 
 /// A child that ran at least this long before dying is restarted at once; quicker deaths back
 /// off exponentially, and `up` gives up after `MAX_QUICK_DEATHS` in a row.
+/// The name of the Redis child (in its log prefix, and what shutdown stops last).
+const REDIS: &str = "redis";
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 const MAX_QUICK_DEATHS: u32 = 5;
 
@@ -103,9 +105,9 @@ struct Children(Vec<Running>);
 impl Children {
     fn stop_all(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        Self::stop(self.0.iter_mut().filter(|r| r.name != "redis"), deadline);
+        Self::stop(self.0.iter_mut().filter(|r| r.name != REDIS), deadline);
         let deadline = Instant::now() + Duration::from_secs(10);
-        Self::stop(self.0.iter_mut().filter(|r| r.name == "redis"), deadline);
+        Self::stop(self.0.iter_mut().filter(|r| r.name == REDIS), deadline);
         self.0.clear();
     }
 
@@ -526,7 +528,7 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             std::fs::create_dir_all(&redis_dir)?;
             let port = args.redis_port.to_string();
             children.0.push(spawn(
-                ChildSpec::new("redis", "redis-server")
+                ChildSpec::new(REDIS, "redis-server")
                     .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
                     .args(["--appendonly", "yes", "--appendfsync", "everysec"])
                     .args([OsString::from("--dir"), redis_dir.into_os_string()]),
@@ -662,7 +664,7 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             server.admin_listen.to_string()
         );
     }
-    println!("  {:<10} {redis_url}", "redis");
+    println!("  {:<10} {redis_url}", REDIS);
     if let Some((_, edge)) = servers
         .iter()
         .find(|(service, _)| *service == Service::Edge)

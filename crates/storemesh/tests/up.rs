@@ -1,9 +1,7 @@
 //! `storemesh up` as a user runs it: real child processes, a real redis-server, real gRPC.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use storemesh_proto::auth::v1::LoginRequest;
@@ -11,23 +9,16 @@ use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::catalog::v1::{CreateProductRequest, Money};
 use storemesh_testkit::free_port;
-use storemesh_testkit::process::child_pid;
+use storemesh_testkit::process::{OutputLines, child_pid, terminate};
 
 struct Up {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    output: Vec<String>,
+    output: OutputLines,
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-            let _ = self.child.wait();
-        }
+        terminate(&mut self.child, Duration::from_secs(30));
     }
 }
 
@@ -51,41 +42,15 @@ impl Up {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (sender, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        Self {
-            child,
-            lines,
-            output: Vec::new(),
-        }
+        let output = OutputLines::capture(&mut child);
+        Self { child, output }
     }
 
-    /// Waits for a line containing `needle`; panics with everything printed so far otherwise.
+    /// Waits for a line containing `needle`; panics with the output so far otherwise.
     fn wait_for(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                let found = line.contains(needle);
-                self.output.push(line);
-                if found {
-                    return;
-                }
-            }
+        if let Err(error) = self.output.wait_for(&mut self.child, needle, within) {
+            panic!("storemesh up: {error}");
         }
-        panic!(
-            "no {needle:?} within {within:?}:\n{}",
-            self.output.join("\n")
-        );
     }
 
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
@@ -93,15 +58,13 @@ impl Up {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 // Until the output pipes close (or go quiet), so the last lines are in.
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
-                    self.output.push(line);
-                }
+                self.output.settle(Duration::from_millis(500));
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
                 "did not exit:\n{}",
-                self.output.join("\n")
+                self.output.tail(200)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -166,7 +129,7 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
     let mut up = Up::start(data.path(), &envs, redis_port);
     up.wait_for("Storemesh is up.", Duration::from_secs(90));
     assert!(
-        up.output.iter().any(|line| line.contains("auth |")),
+        up.output.lines().iter().any(|line| line.contains("auth |")),
         "prefixed child logs"
     );
 
@@ -244,7 +207,7 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
             Err(status) => assert!(
                 Instant::now() < deadline,
                 "catalog not back: {status:?}\n{}",
-                up.output.join("\n")
+                up.output.tail(200)
             ),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -261,14 +224,14 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
         .unwrap();
     assert!(status.success());
     let status = up.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status:?}\n{}", up.output.join("\n"));
+    assert!(status.success(), "{status:?}\n{}", up.output.tail(200));
     // Services stop before Redis: none of them meets a vanished Redis while draining.
-    let shutdown: Vec<&String> = up
-        .output
+    let lines = up.output.lines();
+    let shutdown: Vec<&String> = lines
         .iter()
         .skip_while(|line| !line.contains("stopping..."))
         .collect();
-    assert!(!shutdown.is_empty(), "{}", up.output.join("\n"));
+    assert!(!shutdown.is_empty(), "{}", up.output.tail(200));
     // (A drain that times out is allowed: hyper can keep a server's graceful shutdown waiting
     // on an idle client connection, hyperium/hyper#4170; the grace period bounds it.)
     let complaints: Vec<&&String> = shutdown
@@ -339,7 +302,7 @@ fn up_fails_fast_when_a_port_is_taken() {
     let status = up.wait_exit(Duration::from_secs(20));
     assert!(!status.success());
     assert!(started.elapsed() < Duration::from_secs(10), "fails fast");
-    let output = up.output.join("\n");
+    let output = up.output.lines().join("\n");
     assert!(output.contains(&taken_port.to_string()), "{output}");
     assert!(output.contains("in use"), "{output}");
     assert!(!listening(redis_port), "nothing left running");

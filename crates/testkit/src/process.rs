@@ -1,5 +1,115 @@
-//! Finding the processes `storemesh up` supervises, for tests that kill or inspect them
-//! (Linux `/proc`).
+//! Child processes in tests and benchmarks: a `storemesh up` child's output read line by line
+//! ([`OutputLines`]), stopping it ([`terminate`]), and finding the processes it supervises,
+//! to kill or inspect them (Linux `/proc`).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+/// A child's stdout and stderr, read on two threads so the child never blocks on a full pipe.
+/// Every line is kept (for logs in failure messages); [`OutputLines::wait_for`] also sees each
+/// line once, in order, including those printed before it was called.
+pub struct OutputLines {
+    arrived: mpsc::Receiver<String>,
+    all: Arc<Mutex<Vec<String>>>,
+}
+
+impl OutputLines {
+    /// Takes over `child`'s stdout and stderr, which must have been piped.
+    ///
+    /// # Panics
+    /// When either was not piped.
+    pub fn capture(child: &mut Child) -> Self {
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            panic!("capture needs the child's stdout and stderr piped");
+        };
+        let streams = [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ];
+        let (sender, arrived) = mpsc::channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        for stream in streams {
+            let sender = sender.clone();
+            let all = all.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    all.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line.clone());
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        Self { arrived, all }
+    }
+
+    /// Waits for a line containing `needle`. `Err` (with the last lines) when `child` exits
+    /// first or `within` passes.
+    pub fn wait_for(
+        &mut self,
+        child: &mut Child,
+        needle: &str,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.arrived.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited ({status}):\n{}", self.tail(200)));
+            }
+        }
+        Err(format!(
+            "no {needle:?} within {within:?}:\n{}",
+            self.tail(200)
+        ))
+    }
+
+    /// Waits until the output ends (the pipes close) or stays quiet for `quiet`.
+    pub fn settle(&mut self, quiet: Duration) {
+        while self.arrived.recv_timeout(quiet).is_ok() {}
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last `count` lines, one per line.
+    pub fn tail(&self, count: usize) -> String {
+        let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        all[all.len().saturating_sub(count)..].join("\n")
+    }
+}
+
+/// Stops `child` as Ctrl-C would (SIGTERM) and waits for it; kills it if it is still running
+/// after `within`. `None` when it could not be waited for.
+pub fn terminate(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
 
 /// The pid of `parent`'s child running `storemesh serve <service>`, or of its `redis-server`
 /// when `service` is `"redis"`. `None` when there is none (yet).
@@ -62,6 +172,39 @@ mod tests {
         assert!(!runs(b"/x/storemesh\0catalog\0serve\0", "catalog"));
         assert!(runs(b"/usr/bin/redis-server 127.0.0.1:6390\0", "redis"));
         assert!(!runs(b"/x/storemesh\0serve\0catalog\0", "redis"));
+    }
+
+    #[test]
+    fn output_lines_are_awaited_kept_and_the_child_stopped() {
+        let mut child = Command::new("sh")
+            .args(["-c", "echo one; echo two >&2; echo ready; sleep 30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = OutputLines::capture(&mut child);
+        output
+            .wait_for(&mut child, "ready", Duration::from_secs(10))
+            .unwrap();
+        let missing = output.wait_for(&mut child, "never", Duration::from_millis(300));
+        assert!(missing.unwrap_err().contains("no \"never\""));
+        let mut lines = output.lines();
+        lines.sort();
+        assert_eq!(lines, ["one", "ready", "two"]);
+        assert_eq!(output.tail(1).lines().count(), 1);
+        let status = terminate(&mut child, Duration::from_secs(10)).unwrap();
+        assert!(!status.success(), "ended by SIGTERM");
+        output.settle(Duration::from_millis(100));
+
+        let mut quick = Command::new("sh")
+            .args(["-c", "exit 3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = OutputLines::capture(&mut quick);
+        let exited = output.wait_for(&mut quick, "ready", Duration::from_secs(10));
+        assert!(exited.unwrap_err().starts_with("exited"));
     }
 
     #[test]

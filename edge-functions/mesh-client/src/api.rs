@@ -92,6 +92,24 @@ impl ApiError {
     }
 }
 
+/// A component's answer: the response, or the error as JSON. Server-side failures (5xx) are
+/// also written to stderr, which the runtime records per component, as
+/// `{component}: {status} {code}: {message}`.
+pub fn respond(component: &str, result: Result<Response, ApiError>) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status >= 500 {
+                eprintln!(
+                    "{component}: {} {}: {}",
+                    error.status, error.code, error.message
+                );
+            }
+            error.into_response()
+        }
+    }
+}
+
 /// A JSON answer.
 pub fn json_response(
     status: u16,

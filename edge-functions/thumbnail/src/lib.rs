@@ -35,7 +35,7 @@ use serde_json::json;
 use spin_sdk::http::{IncomingRequest, Method, Response};
 use spin_sdk::http_component;
 use storemesh_imaging::{ImagingError, Limits, Thumbnail, ThumbnailSpec};
-use storemesh_mesh_client::api::{ApiError, json_response};
+use storemesh_mesh_client::api::{ApiError, json_response, respond};
 use storemesh_mesh_client::auth::v1::IssueServiceTokenRequest;
 use storemesh_mesh_client::catalog::v1::{GetImageRequest, ImageState, MarkImageFailedRequest};
 use storemesh_mesh_client::storage::v1::download_response::Payload as DownloadPayload;
@@ -66,18 +66,7 @@ const ATTACH_WAITS: [u64; 5] = [25, 50, 100, 200, 375];
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
-    match process(request).await {
-        Ok(response) => response,
-        Err(error) => {
-            if error.status >= 500 {
-                eprintln!(
-                    "thumbnail: {} {}: {}",
-                    error.status, error.code, error.message
-                );
-            }
-            error.into_response()
-        }
-    }
+    respond("thumbnail", process(request).await)
 }
 
 fn misconfigured(message: impl Into<String>) -> ApiError {

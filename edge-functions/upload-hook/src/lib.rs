@@ -30,7 +30,7 @@ use futures::{Stream, StreamExt};
 use serde_json::json;
 use spin_sdk::http::{IncomingRequest, Method, Response};
 use spin_sdk::http_component;
-use storemesh_mesh_client::api::{ApiError, json_response};
+use storemesh_mesh_client::api::{ApiError, json_response, respond};
 use storemesh_mesh_client::catalog::v1::{
     AttachImageRequest, GetImageRequest, GetProductRequest, Image, ImageState,
 };
@@ -46,18 +46,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
-    match upload(request).await {
-        Ok(response) => response,
-        Err(error) => {
-            if error.status >= 500 {
-                eprintln!(
-                    "upload-hook: {} {}: {}",
-                    error.status, error.code, error.message
-                );
-            }
-            error.into_response()
-        }
-    }
+    respond("upload-hook", upload(request).await)
 }
 
 struct Settings {

@@ -122,7 +122,7 @@ pub const VERIFIED_SECRET_TTL: Duration = Duration::from_secs(10 * 60);
 pub struct VerifiedSecrets {
     key: [u8; 32],
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    entries: Mutex<HashMap<String, ([u8; 32], Instant)>>,
 }
 
 impl VerifiedSecrets {
@@ -149,7 +149,7 @@ impl VerifiedSecrets {
     /// Whether this exact secret verified against this exact stored hash within `ttl`.
     pub fn contains(&self, client_id: &str, stored_hash: &str, secret: &str) -> bool {
         let remembered = match self.entries.lock() {
-            Ok(entries) => entries.get(client_id).cloned(),
+            Ok(entries) => entries.get(client_id).copied(),
             Err(_) => None,
         };
         match remembered {
@@ -165,7 +165,7 @@ impl VerifiedSecrets {
         let Some(mac) = self.tag(client_id, stored_hash, secret) else {
             return;
         };
-        let tag = mac.finalize().into_bytes().to_vec();
+        let tag: [u8; 32] = mac.finalize().into_bytes().into();
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(client_id.to_owned(), (tag, Instant::now()));
         }
