@@ -104,6 +104,9 @@ pub struct Options {
     pub variant_sizes: Vec<u32>,
     /// Linear memory per edge instance.
     pub edge_max_memory_bytes: u64,
+    /// Runs the edge on an edited copy of `spin.toml` (e.g. other routes) instead of the
+    /// manifest itself.
+    pub manifest_edit: Option<fn(&str) -> String>,
 }
 
 impl Default for Options {
@@ -120,6 +123,7 @@ impl Default for Options {
             },
             variant_sizes: vec![160, 320, 640],
             edge_max_memory_bytes: 256 * 1024 * 1024,
+            manifest_edit: None,
         }
     }
 }
@@ -399,33 +403,13 @@ impl System {
         variables
     }
 
-    /// Starts the edge runtime on the real `spin.toml`. The manifest is used unchanged: a
-    /// temporary directory holds a link to it and links from the `source` paths it names to
-    /// the components' builds (wherever `CARGO_TARGET_DIR` put them).
+    /// Starts the edge runtime on the real `spin.toml` (see [`linked_manifest`]).
     async fn start_edge(&mut self) {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = repo_root().join("spin.toml");
-        let text = std::fs::read_to_string(&manifest).unwrap();
-        std::os::unix::fs::symlink(&manifest, dir.path().join("spin.toml")).unwrap();
-        for source in manifest_sources(&text) {
-            let file = Path::new(&source)
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let crate_name = file.trim_end_matches(".wasm").replace('_', "-");
-            let built = match storemesh_edge::testing::fixture(&crate_name) {
-                Ok(path) => path,
-                Err(message) => panic!("{message}\n(the edge functions: {EDGE_BUILD_COMMAND})"),
-            };
-            let link = dir.path().join(&source);
-            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-            std::os::unix::fs::symlink(built, link).unwrap();
-        }
+        let (dir, manifest) = linked_manifest(self.options.manifest_edit);
         let mut config = EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            manifest: dir.path().join("spin.toml"),
+            manifest,
             variables: self.edge_variables(),
             max_instances: 64,
             max_memory_bytes: self.options.edge_max_memory_bytes,
@@ -674,14 +658,29 @@ impl System {
         content_type: &str,
         body: Vec<u8>,
     ) -> http::Answer {
+        self.edge_post_with(path, token, content_type, body, &[])
+            .await
+    }
+
+    /// [`Self::edge_post`] with more request headers.
+    pub async fn edge_post_with(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        extra_headers: &[(&str, String)],
+    ) -> http::Answer {
+        let mut headers = vec![
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", content_type.to_owned()),
+        ];
+        headers.extend(extra_headers.iter().cloned());
         http::request(
             self.edge.expect("the edge runtime is not running"),
             "POST",
             path,
-            &[
-                ("authorization", format!("Bearer {token}")),
-                ("content-type", content_type.to_owned()),
-            ],
+            &headers,
             Some(body),
         )
         .await
@@ -747,6 +746,37 @@ pub fn bearer<T>(message: T, token: &str) -> Request<T> {
 }
 
 /// The `source = "..."` paths of a manifest's components.
+/// The repository's `spin.toml` in a temporary directory, as the edge runtime (or a `storemesh
+/// serve edge` process) can load it: the manifest is used unchanged (a link to it, or a copy
+/// passed through `edit`), next to links from the `source` paths it names to the components'
+/// builds (wherever `CARGO_TARGET_DIR` put them). Returns the directory and the manifest's path.
+pub fn linked_manifest(edit: Option<fn(&str) -> String>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = repo_root().join("spin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let linked = dir.path().join("spin.toml");
+    match edit {
+        Some(edit) => std::fs::write(&linked, edit(&text)).unwrap(),
+        None => std::os::unix::fs::symlink(&manifest, &linked).unwrap(),
+    }
+    for source in manifest_sources(&text) {
+        let file = Path::new(&source)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let crate_name = file.trim_end_matches(".wasm").replace('_', "-");
+        let built = match storemesh_edge::testing::fixture(&crate_name) {
+            Ok(path) => path,
+            Err(message) => panic!("{message}\n(the edge functions: {EDGE_BUILD_COMMAND})"),
+        };
+        let link = dir.path().join(&source);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(built, link).unwrap();
+    }
+    (dir, linked)
+}
+
 fn manifest_sources(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("source"))

@@ -61,6 +61,12 @@ impl Drop for Up {
 
 impl Up {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With `own_edge`, `up --edge-url` at a free address: nothing serves the functions there
+    /// until the test starts its own edge (as a developer starts `spin up`).
+    fn start_with(own_edge: bool) -> Self {
         // A test that failed while holding the lock poisons it; the next one may still run.
         let exclusive = ONE_SYSTEM_AT_A_TIME
             .lock()
@@ -101,8 +107,12 @@ impl Up {
                 address(),
             ));
         }
-        let mut child = Command::new(storemesh_bin())
-            .arg("up")
+        let mut command = Command::new(storemesh_bin());
+        command.arg("up");
+        if own_edge {
+            command.args(["--edge-url", &format!("http://{edge}")]);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(data.path())
             .args(["--redis-port", &redis_port.to_string()])
@@ -460,6 +470,128 @@ async fn seed_scenario_through_the_client_commands() {
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 401);
+}
+
+/// A developer's own edge (`storemesh up --edge-url`, then the printed `spin up` command in
+/// another terminal): the mesh runs without the embedded edge, writes the functions' Spin
+/// variables, and the seed scenario completes through the separately started functions. Here
+/// the "Spin" is `storemesh serve edge` started exactly as the printed command says (the
+/// variables sourced from `spin.env` as `SPIN_VARIABLE_*`, which both hosts read the same way),
+/// since no Spin CLI can be installed on these machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn own_edge_with_edge_url_completes_the_seed_scenario() {
+    let mut up = Up::start_with(true);
+    up.wait_for("Ctrl-C stops everything.", Duration::from_secs(10));
+    let log = up.output.lines().join("\n");
+    let edge_addr = up.edge.trim_start_matches("http://").to_owned();
+    assert!(
+        !log.contains("    edge |"),
+        "no embedded edge runtime was started:\n{log}"
+    );
+    let env_file = up.data.path().canonicalize().unwrap().join("edge/spin.env");
+    assert!(
+        log.contains(&format!(
+            ". {} && spin build && spin up --listen {edge_addr}",
+            env_file.display()
+        )),
+        "the printed Spin command:\n{log}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "spin.env holds secrets"
+    );
+    let variables = std::fs::read_to_string(&env_file).unwrap();
+    for name in [
+        "GATEWAY_URL",
+        "THUMBNAIL_CLIENT_SECRET",
+        "DELIVERY_SIGNING_SECRET",
+        "THUMBNAIL_SIZES",
+    ] {
+        assert!(
+            variables.contains(&format!("export SPIN_VARIABLE_{name}=")),
+            "{name} in {variables}"
+        );
+    }
+
+    // The developer's terminal: the variables sourced, the functions served from the
+    // application directory with every edge setting at its default but the ports.
+    let (app_dir, _manifest) = storemesh_system_tests::linked_manifest(None);
+    let edge_admin = address();
+    let mut edge = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". '{}' && exec '{}' serve edge",
+            env_file.display(),
+            storemesh_bin().display()
+        ))
+        .current_dir(app_dir.path())
+        .env("STOREMESH_EDGE__LISTEN", &edge_addr)
+        .env("STOREMESH_EDGE__ADMIN_LISTEN", &edge_admin)
+        .env(
+            "STOREMESH_EDGE__CACHE_DIR",
+            std::env::temp_dir().join("storemesh-system-tests-edge-cache"),
+        )
+        .env_remove("STOREMESH_EDGE__MANIFEST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let edge_output = OutputLines::capture(&mut edge);
+    struct Stop<'a>(&'a mut Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            terminate(self.0, Duration::from_secs(20));
+        }
+    }
+    let edge = Stop(&mut edge);
+    up.wait_for("edge functions answer at", Duration::from_secs(300));
+
+    let (session, token) = seller(&up, "developer");
+    let product = create_product(&up, &session, "Teapot");
+    let photo = up.data.path().join("teapot.jpg");
+    std::fs::write(&photo, images::jpeg(1600, 1200)).unwrap();
+    // The client commands reach the developer's edge (`STOREMESH_EDGE_URL`, see `cli`).
+    let created = up.cli_json(
+        &session,
+        &[
+            "upload",
+            photo.to_str().unwrap(),
+            "--product",
+            &product,
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(created["state"], "PROCESSING", "{created}");
+    let image_id = created["image_id"].as_str().unwrap().to_owned();
+    let image = settled(&up, &token, &image_id, Duration::from_secs(120)).await;
+    assert_ready_with_three_variants(&image);
+    // The upload and the thumbnail deliveries went through the developer's edge.
+    let metrics = reqwest::get(format!("http://{edge_admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for component in ["upload-hook", "thumbnail"] {
+        let served: f64 = metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("edge_invocations_total{")
+                    && line.contains(&format!("component=\"{component}\""))
+                    && line.contains("status=\"2")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            served >= 1.0,
+            "{component} served nothing on the developer's edge:\n{metrics}\n{}",
+            edge_output.tail(50)
+        );
+    }
+    drop(edge);
 }
 
 /// 50 uploads at once from five sellers: every image READY with exactly its three variants.

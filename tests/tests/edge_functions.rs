@@ -148,6 +148,88 @@ async fn upload_hook_works_over_native_grpc_h2c() {
     system.stop().await;
 }
 
+/// An extra route to the upload hook without the named segment, so the test itself supplies
+/// the header that Spin derives from `:product_id`.
+fn hook_with_an_extra_route_without_parameter(manifest: &str) -> String {
+    let route = "[[trigger.http]]\nroute = \"/v1/products/:product_id/images\"\ncomponent = \"upload-hook\"\n";
+    assert!(
+        manifest.contains(route),
+        "spin.toml no longer routes the upload hook as expected"
+    );
+    manifest.replacen(
+        route,
+        &format!("{route}\n[[trigger.http]]\nroute = \"/spin-conventions/upload-hook\"\ncomponent = \"upload-hook\"\n"),
+        1,
+    )
+}
+
+/// The upload hook reads the product id from the header real Spin sets for the route segment
+/// `:product_id`. Spin builds the name as `SPIN_PATH_MATCH_` + the upper-cased segment name, then
+/// turns `_` into `-` and lower-cases it (Spin 4.0.2 `crates/trigger-http/src/headers.rs`:
+/// `compute_default_headers`, `prepare_header_key`): `spin-path-match-product-id`. The literal
+/// name is written here, independent of the embedded runtime, so the component cannot agree
+/// with the runtime and disagree with Spin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_reads_the_product_id_from_the_header_spin_names() {
+    let system = System::start_with(Options {
+        manifest_edit: Some(hook_with_an_extra_route_without_parameter),
+        ..Options::default()
+    })
+    .await;
+    let seller = seller(&system, "spin@example.com").await;
+    let post = |header: &'static str| {
+        let (token, product) = (seller.token.clone(), seller.product.clone());
+        let addr = system.edge.unwrap();
+        async move {
+            http::request(
+                addr,
+                "POST",
+                "/spin-conventions/upload-hook",
+                &[
+                    ("authorization", format!("Bearer {token}")),
+                    ("content-type", "image/jpeg".to_owned()),
+                    (header, product),
+                ],
+                Some(images::jpeg(64, 48)),
+            )
+            .await
+        }
+    };
+    let answer = post("spin-path-match-product-id").await;
+    expect_status(&answer, 201);
+    assert_eq!(
+        answer.json()["product_id"],
+        Value::from(seller.product.clone())
+    );
+    let image_id = answer.json()["image_id"].as_str().unwrap().to_owned();
+    let image = system.image(&image_id).await.unwrap();
+    assert_eq!(image.product_id, seller.product);
+
+    // On the real route, a client-sent header of the same name does not redirect the upload:
+    // Spin appends its own value after the client's, and the hook reads the last one.
+    let other_product = system.product(&seller.token, "Other lamp").await;
+    let answer = system
+        .edge_post_with(
+            &upload_path(&seller.product),
+            &seller.token,
+            "image/jpeg",
+            images::jpeg(64, 48),
+            &[("spin-path-match-product-id", other_product.clone())],
+        )
+        .await;
+    expect_status(&answer, 201);
+    assert_eq!(
+        answer.json()["product_id"],
+        Value::from(seller.product.clone())
+    );
+
+    // The name the embedded runtime used to send (and the hook used to read) is not Spin's.
+    let answer = post("spin-path-match-product_id").await;
+    expect_error(&answer, 400, "bad_request");
+    assert!(answer.text().contains("product id"), "{}", answer.text());
+    system.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_hook_streams_a_large_upload_without_buffering_it() {
     // 12 MiB of PNG: larger than the component could comfortably buffer several times, sent

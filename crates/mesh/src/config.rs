@@ -79,6 +79,15 @@ impl UpstreamConfig {
 }
 
 impl Validate for UpstreamConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some(file) = &mut self.addresses_file {
+            storemesh_runtime::config::resolve_path(file, base);
+        }
+        if let Some(ca_file) = self.tls.as_mut().and_then(|tls| tls.ca_file.as_mut()) {
+            storemesh_runtime::config::resolve_path(ca_file, base);
+        }
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: &str| ConfigError::Invalid {
             key: format!("{section}.{field}"),

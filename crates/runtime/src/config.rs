@@ -38,12 +38,27 @@ impl From<figment::Error> for ConfigError {
 /// name the full key (`auth.server.concurrency_limit`).
 pub trait Validate {
     fn validate(&self, section: &str) -> Result<(), ConfigError>;
+
+    /// Makes every relative path of the section absolute against `base` (the working directory
+    /// the process started in), so a path means the same wherever it is used later: in a log
+    /// line, after a library changes directory, or where a library insists on absolute paths
+    /// (wasmtime's cache). Sections with paths override this with [`resolve_path`].
+    fn resolve_paths(&mut self, _base: &Path) {}
+}
+
+/// `base.join(path)` for a relative, non-empty `path` (an empty path keeps its "unset" meaning).
+pub fn resolve_path(path: &mut PathBuf, base: &Path) {
+    if !path.as_os_str().is_empty() && path.is_relative() {
+        *path = base.join(&*path);
+    }
 }
 
 /// Builds typed configuration sections from the layered sources.
 #[derive(Clone)]
 pub struct ConfigLoader {
     figment: Figment,
+    /// What relative paths in the configuration are relative to: the working directory.
+    base: PathBuf,
 }
 
 impl ConfigLoader {
@@ -60,6 +75,7 @@ impl ConfigLoader {
         }
         Ok(Self {
             figment: with_environment(figment),
+            base: working_dir(),
         })
     }
 
@@ -67,7 +83,21 @@ impl ConfigLoader {
     pub fn from_toml_str(toml: &str) -> Self {
         Self {
             figment: with_environment(Figment::new().merge(Toml::string(toml))),
+            base: working_dir(),
         }
+    }
+
+    /// Whether `key` (dotted, e.g. `dispatcher.targets.thumbnail.url`) is set by the file or the
+    /// environment rather than left to the built-in default: launchers such as `storemesh up`
+    /// fill in only what the operator left unset.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.figment.find_value(key).is_ok()
+    }
+
+    /// Resolves relative paths against `base` instead of the working directory.
+    pub fn with_base(mut self, base: impl Into<PathBuf>) -> Self {
+        self.base = base.into();
+        self
     }
 
     /// Extracts and validates one section, starting from `T::default()` so partially given
@@ -76,12 +106,19 @@ impl ConfigLoader {
     where
         T: Default + Serialize + DeserializeOwned + Validate,
     {
-        let value: T = Figment::from(Serialized::default(key, T::default()))
+        let mut value: T = Figment::from(Serialized::default(key, T::default()))
             .merge(self.figment.clone())
             .extract_inner(key)?;
+        value.resolve_paths(&self.base);
         value.validate(key)?;
         Ok(value)
     }
+}
+
+/// The working directory; `.` when it cannot be read (a deleted directory), which keeps
+/// relative paths working as the OS resolves them.
+fn working_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
 
 fn with_environment(figment: Figment) -> Figment {
@@ -191,6 +228,51 @@ mod tests {
         assert_eq!(demo.server.listen, "0.0.0.0:7000".parse().unwrap());
         assert_eq!(demo.server.admin_listen, "127.0.0.1:9099".parse().unwrap());
         assert_eq!(demo.greeting, "hello");
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct PathSection {
+        dir: PathBuf,
+        unset: PathBuf,
+        absolute: PathBuf,
+    }
+
+    impl Validate for PathSection {
+        fn validate(&self, _section: &str) -> Result<(), ConfigError> {
+            Ok(())
+        }
+
+        fn resolve_paths(&mut self, base: &Path) {
+            resolve_path(&mut self.dir, base);
+            resolve_path(&mut self.unset, base);
+            resolve_path(&mut self.absolute, base);
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_base_directory() {
+        let loader =
+            ConfigLoader::from_toml_str("[paths]\ndir = \"data/x\"\nabsolute = \"/srv/y\"\n")
+                .with_base("/work/here");
+        let paths: PathSection = loader.section("paths").unwrap();
+        assert_eq!(paths.dir, PathBuf::from("/work/here/data/x"));
+        assert_eq!(paths.unset, PathBuf::new(), "an empty path stays unset");
+        assert_eq!(paths.absolute, PathBuf::from("/srv/y"));
+        // Without a base, the working directory.
+        let paths: PathSection = ConfigLoader::from_toml_str("[paths]\ndir = \"d\"\n")
+            .section("paths")
+            .unwrap();
+        assert_eq!(paths.dir, std::env::current_dir().unwrap().join("d"));
+    }
+
+    #[test]
+    fn is_set_tells_configured_keys_from_defaults() {
+        let loader = ConfigLoader::from_toml_str("[demo.server]\nlisten = \"0.0.0.0:7000\"\n");
+        assert!(loader.is_set("demo.server.listen"));
+        assert!(loader.is_set("demo.server"));
+        assert!(!loader.is_set("demo.server.admin_listen"));
+        assert!(!loader.is_set("other"));
     }
 
     #[test]

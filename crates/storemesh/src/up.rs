@@ -39,9 +39,25 @@ pub struct UpArgs {
     /// Do not build the edge functions; use the `.wasm` files already built.
     #[arg(long)]
     no_build: bool,
+    /// Do not start the embedded edge runtime: the edge functions run elsewhere, e.g. under
+    /// `spin up` in another terminal, at this URL (`http://127.0.0.1:3000` is Spin's default).
+    /// The dispatcher delivers there, and `up` writes the Spin variables the functions need to
+    /// `<data dir>/edge/spin.env` and prints the command that runs them.
+    #[arg(long, value_name = "URL")]
+    edge_url: Option<String>,
 }
 
 const ADMIN_EMAIL: &str = "admin@storemesh.local";
+
+/// The thumbnail function's service account, provisioned by `up` and handed to the function
+/// through its Spin variables.
+const THUMBNAIL_ACCOUNT: &str = "thumbnail";
+const THUMBNAIL_SCOPES: &[&str] = &[
+    "storage.read",
+    "storage.write:thumbnails",
+    "catalog.read",
+    "catalog.write:variants",
+];
 
 /// How to start one child again: `up` restarts children that die after start.
 #[derive(Clone)]
@@ -261,7 +277,8 @@ fn service_account_env(
     if !auth.service_accounts.is_empty() {
         return Ok(Vec::new());
     }
-    // (client id, scopes, where its user reads the id and the secret)
+    // (client id, scopes, where its user reads the id and the secret; the thumbnail function's
+    // pair goes into its Spin variables, see `function_variables`)
     let accounts: &[(&str, &[&str], &str, &str)] = &[
         (
             "catalog",
@@ -275,17 +292,7 @@ fn service_account_env(
             "STOREMESH_DISPATCHER__SERVICE_CLIENT_ID",
             "STOREMESH_DISPATCHER__SERVICE_CLIENT_SECRET",
         ),
-        (
-            "thumbnail",
-            &[
-                "storage.read",
-                "storage.write:thumbnails",
-                "catalog.read",
-                "catalog.write:variants",
-            ],
-            "STOREMESH_EDGE__VARIABLES__THUMBNAIL_CLIENT_ID",
-            "STOREMESH_EDGE__VARIABLES__THUMBNAIL_CLIENT_SECRET",
-        ),
+        (THUMBNAIL_ACCOUNT, THUMBNAIL_SCOPES, "", ""),
     ];
     let mut entries = Vec::new();
     let mut env = Vec::new();
@@ -296,8 +303,10 @@ fn service_account_env(
             "{{client_id=\"{client_id}\", client_secret=\"{secret}\", scopes=[{}]}}",
             scopes.join(", ")
         ));
-        env.push(((*id_env).to_owned(), (*client_id).to_owned()));
-        env.push(((*secret_env).to_owned(), secret));
+        if !id_env.is_empty() {
+            env.push(((*id_env).to_owned(), (*client_id).to_owned()));
+            env.push(((*secret_env).to_owned(), secret));
+        }
     }
     env.push((
         "STOREMESH_AUTH__SERVICE_ACCOUNTS".into(),
@@ -306,71 +315,109 @@ fn service_account_env(
     Ok(env)
 }
 
-/// What the edge runtime needs from the rest of the system: the gateway to call, the token
-/// settings to verify users with, the delivery-signing secret shared with the dispatcher, and
-/// a manifest whose components are built.
-fn edge_env(
+/// The Spin variables the edge functions need from the rest of the system: the gateway to call,
+/// the token settings to verify users with, the thumbnail sizes the catalog waits for, the
+/// thumbnail function's service account and the delivery-signing secret shared with the
+/// dispatcher. The same values reach the embedded runtime (as `edge.variables`) and a
+/// developer's own Spin (as `SPIN_VARIABLE_*` in `spin.env`). Variables configured in
+/// `edge.variables` are left alone.
+fn function_variables(
     loader: &ConfigLoader,
     data_dir: &Path,
     gateway: Option<SocketAddr>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let tokens: storemesh_runtime::auth::TokensConfig = loader.section("tokens")?;
+    let catalog: storemesh_catalog::CatalogConfig = loader.section("catalog")?;
+    let auth: storemesh_auth::AuthConfig = loader.section("auth")?;
+    let mut variables = vec![
+        ("token_issuer".to_owned(), tokens.issuer),
+        ("token_audience".to_owned(), tokens.audience),
+        (
+            "delivery_signing_secret".to_owned(),
+            delivery_secret(data_dir)?,
+        ),
+        // One source for the sizes: an image is READY once the catalog has a `w{N}` variant for
+        // each of its `variant_sizes`, so the function makes exactly those.
+        (
+            "thumbnail_sizes".to_owned(),
+            catalog
+                .variant_sizes
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ];
+    if auth.service_accounts.is_empty() {
+        variables.push((
+            "thumbnail_client_id".to_owned(),
+            THUMBNAIL_ACCOUNT.to_owned(),
+        ));
+        variables.push((
+            "thumbnail_client_secret".to_owned(),
+            stored_secret(&data_dir.join("secrets").join(THUMBNAIL_ACCOUNT))?,
+        ));
+    }
+    if let Some(gateway) = gateway {
+        variables.push((
+            "gateway_url".to_owned(),
+            format!("http://{}", loopback_if_unspecified(gateway)),
+        ));
+    }
+    variables.retain(|(name, _)| !loader.is_set(&format!("edge.variables.{name}")));
+    Ok(variables)
+}
+
+/// A server listening on every interface is reached on loopback.
+fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// What the embedded edge runtime needs: the functions' variables and a manifest whose
+/// components are built.
+fn edge_env(
+    loader: &ConfigLoader,
+    data_dir: &Path,
+    variables: &[(String, String)],
     build: bool,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let edge_config = storemesh_edge::EdgeSettings::load(loader)?.edge;
-    let tokens: storemesh_runtime::auth::TokensConfig = loader.section("tokens")?;
     let manifest = edge::prepare(&edge_config.manifest, &data_dir.join("edge"), build)?;
-    let mut env = vec![
-        (
-            "STOREMESH_EDGE__MANIFEST".to_owned(),
-            manifest.display().to_string(),
-        ),
-        (
-            "STOREMESH_EDGE__CACHE_DIR".to_owned(),
-            // The default (relative) cache moves into the data dir; a configured one is kept
-            // (e.g. a cache shared by test runs, so each start need not compile again).
-            if edge_config.cache_dir == storemesh_edge::EdgeConfig::default().cache_dir {
-                data_dir.join("edge/cache")
-            } else {
-                edge_config.cache_dir.clone()
-            }
-            .display()
-            .to_string(),
-        ),
-        (
-            "STOREMESH_EDGE__VARIABLES__TOKEN_ISSUER".to_owned(),
-            tokens.issuer,
-        ),
-        (
-            "STOREMESH_EDGE__VARIABLES__TOKEN_AUDIENCE".to_owned(),
-            tokens.audience,
-        ),
-        (
-            "STOREMESH_EDGE__VARIABLES__DELIVERY_SIGNING_SECRET".to_owned(),
-            delivery_secret(data_dir)?,
-        ),
-    ];
-    if let Some(mut gateway) = gateway {
-        // A gateway listening on every interface is reached on loopback.
-        if gateway.ip().is_unspecified() {
-            gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+    let mut env = vec![(
+        "STOREMESH_EDGE__MANIFEST".to_owned(),
+        manifest.display().to_string(),
+    )];
+    // The default cache moves into the data dir; a configured one is kept (e.g. a cache shared
+    // by test runs, so each start need not compile again).
+    if !loader.is_set("edge.cache_dir") {
         env.push((
-            "STOREMESH_EDGE__VARIABLES__GATEWAY_URL".to_owned(),
-            format!("http://{gateway}"),
+            "STOREMESH_EDGE__CACHE_DIR".to_owned(),
+            data_dir.join("edge/cache").display().to_string(),
         ));
     }
+    env.extend(variables.iter().map(|(name, value)| {
+        (
+            format!("STOREMESH_EDGE__VARIABLES__{}", name.to_ascii_uppercase()),
+            value.clone(),
+        )
+    }));
     Ok(env)
 }
 
 /// The dispatcher finds catalog and storage where they really listen, delivers originals to
-/// the thumbnail function of the local edge runtime, signs with the shared secret, and keeps
-/// one consumer name across restarts so a restarted dispatcher resumes its unacknowledged
-/// events at once. Settings configured explicitly are left alone.
+/// the thumbnail function of the edge (`edge_origin`: the embedded runtime or the developer's
+/// own Spin), signs with the shared secret, and keeps one consumer name across restarts so a
+/// restarted dispatcher resumes its unacknowledged events at once. Settings configured
+/// explicitly are left alone, in every mode.
 fn dispatcher_env(
     loader: &ConfigLoader,
     data_dir: &Path,
     catalog: Option<SocketAddr>,
     storage: Option<SocketAddr>,
-    edge: Option<SocketAddr>,
+    edge_origin: Option<&str>,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let configured: storemesh_dispatcher::DispatcherConfig = loader.section("dispatcher")?;
     let mut env = Vec::new();
@@ -394,13 +441,12 @@ fn dispatcher_env(
             ));
         }
     }
-    if let Some(mut edge) = edge {
-        if edge.ip().is_unspecified() {
-            edge.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+    if let Some(origin) = edge_origin
+        && !loader.is_set("dispatcher.targets.thumbnail.url")
+    {
         env.push((
             "STOREMESH_DISPATCHER__TARGETS__THUMBNAIL__URL".to_owned(),
-            format!("http://{edge}/internal/thumbnail"),
+            format!("{origin}/internal/thumbnail"),
         ));
     }
     Ok(env)
@@ -502,8 +548,17 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
 
+    // The developer's own edge (e.g. `spin up`) replaces the embedded runtime.
+    let own_edge = args
+        .edge_url
+        .as_deref()
+        .map(edge::OwnEdge::parse)
+        .transpose()?;
     let mut servers = Vec::new();
     for service in Service::ALL {
+        if own_edge.is_some() && *service == Service::Edge {
+            continue;
+        }
         let server = service.server_config(&loader)?;
         let protocol = if *service == Service::Edge {
             "HTTP"
@@ -576,20 +631,24 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         ));
     }
     cross_env.extend(service_account_env(&loader, &data_dir)?);
-    if servers.iter().any(|(service, _)| *service == Service::Edge) {
-        cross_env.extend(edge_env(
-            &loader,
-            &data_dir,
-            address_of(Service::Gateway),
-            !args.no_build,
-        )?);
-    }
+    let variables = function_variables(&loader, &data_dir, address_of(Service::Gateway))?;
+    let edge_origin = match (&own_edge, address_of(Service::Edge)) {
+        (Some(own), _) => {
+            own.write_spin_env(&data_dir, &variables)?;
+            Some(own.origin().to_owned())
+        }
+        (None, Some(embedded)) => {
+            cross_env.extend(edge_env(&loader, &data_dir, &variables, !args.no_build)?);
+            Some(format!("http://{}", loopback_if_unspecified(embedded)))
+        }
+        (None, None) => None,
+    };
     cross_env.extend(dispatcher_env(
         &loader,
         &data_dir,
         address_of(Service::Catalog),
         address_of(Service::Storage),
-        address_of(Service::Edge),
+        edge_origin.as_deref(),
     )?);
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
     for (service, upstream) in [
@@ -676,6 +735,11 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     }
     println!("  admin login: {ADMIN_EMAIL} / {password}");
     println!("  data: {}", data_dir.display());
+    if let Some(own) = &own_edge {
+        let manifest = storemesh_edge::EdgeSettings::load(&loader)?.edge.manifest;
+        own.print_instructions(&manifest, &data_dir);
+        own.announce_when_up(stop.clone());
+    }
     println!("Ctrl-C stops everything.");
     println!();
 

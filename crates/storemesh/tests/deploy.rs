@@ -310,10 +310,8 @@ fn validate_in_child(service: &str) -> Result<(), String> {
 fn resolve_spin_variables(config: &storemesh_edge::EdgeConfig) -> Result<(), String> {
     use storemesh_edge::variables::{AppVariables, allowed_hosts};
     let manifest = spin_manifest();
-    let resolved = AppVariables::resolve(&manifest, &config.variables, |name| {
-        std::env::var(name).ok()
-    })
-    .map_err(|error| error.to_string())?;
+    let resolved = AppVariables::resolve(&manifest, &config.variables, |name| std::env::var(name))
+        .map_err(|error| error.to_string())?;
     for component in manifest.triggered_components() {
         allowed_hosts(component, &resolved).map_err(|error| error.to_string())?;
     }

@@ -102,10 +102,13 @@ impl Settings {
 struct Headers(Vec<(String, Vec<u8>)>);
 
 impl Headers {
+    /// The last value of `name`. Spin appends its own `spin-*` headers after whatever the
+    /// client sent under the same name (`crates/trigger-http/src/wasi.rs`, `prepare_request`),
+    /// so the last value is Spin's and a client cannot choose the route parameters.
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .rfind(|(key, _)| key.eq_ignore_ascii_case(name))
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
     }
 }
@@ -122,7 +125,9 @@ async fn upload(request: IncomingRequest) -> Result<Response, ApiError> {
 
     let token = rules::bearer_token(headers.get("authorization"))?.to_owned();
     let product_id = headers
-        .get("spin-path-match-product_id")
+        // Spin passes the route's `:product_id` as `spin-path-match-product-id`: it upper-cases
+        // the name and turns `_` into `-` (Spin's `crates/trigger-http/src/headers.rs`).
+        .get("spin-path-match-product-id")
         .unwrap_or_default()
         .to_owned();
     if !rules::is_valid_id(&product_id) {

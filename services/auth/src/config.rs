@@ -126,6 +126,10 @@ impl Default for RateLimitConfig {
 }
 
 impl Validate for AuthConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        storemesh_runtime::config::resolve_path(&mut self.keys_dir, base);
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: format!("{section}.{field}"),

@@ -308,6 +308,11 @@ fn is_name(name: &str) -> bool {
 }
 
 impl Validate for DispatcherConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        self.catalog.resolve_paths(base);
+        self.storage.resolve_paths(base);
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: format!("{section}.{field}"),

@@ -256,9 +256,8 @@ impl App {
         // Install the process-wide Prometheus recorder before the first metric is touched.
         storemesh_runtime::server::prometheus();
         let manifest = Manifest::load(&config.manifest)?;
-        let app_variables = AppVariables::resolve(&manifest, &config.variables, |name| {
-            std::env::var(name).ok()
-        })?;
+        let app_variables =
+            AppVariables::resolve(&manifest, &config.variables, |name| std::env::var(name))?;
         for (name, source, secret) in app_variables.sources() {
             tracing::debug!(
                 variable = name,
@@ -337,6 +336,15 @@ impl App {
                 "duplicate route: the later trigger wins"
             );
         }
+        for (route, component) in router.reserved_routes() {
+            // As Spin: the route is accepted but the runtime answers that prefix itself.
+            tracing::error!(
+                %route,
+                %component,
+                "routes under {} are handled by the runtime and will never be reached",
+                crate::routing::RESERVED_PREFIX
+            );
+        }
         for (route, component) in router.routes() {
             tracing::info!(%route, %component, "route");
         }
@@ -364,43 +372,65 @@ impl App {
         &self.router
     }
 
-    /// Handles one HTTP request: the runtime's own `/.well-known/spin/` endpoints, routing, and
-    /// the component invocation. Never fails: errors become 4xx/5xx responses.
-    pub async fn handle<B>(&self, request: Request<B>, client: SocketAddr) -> Response<ResponseBody>
+    /// Handles one HTTP request as Spin's `HttpServer::handle` does: the runtime's own
+    /// `/.well-known/spin/` endpoints, routing, the request's authority, Spin's headers, and the
+    /// component invocation. Errors become 4xx/5xx responses, except a request whose authority
+    /// cannot be determined: that one is rejected, and the server drops it without a response
+    /// (Spin's handler returns an error to hyper there).
+    pub async fn handle<B>(
+        &self,
+        mut request: Request<B>,
+        client: SocketAddr,
+    ) -> Result<Response<ResponseBody>, RequestRejected>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        strip_forbidden_headers(request.headers_mut());
         let path = request.uri().path().to_owned();
         if let Some(endpoint) = path.strip_prefix(crate::routing::RESERVED_PREFIX) {
-            return self.well_known(endpoint);
+            return Ok(self.well_known(endpoint));
         }
         let Some(matched) = self.router.route(&path) else {
             metrics::counter!(names::UNROUTED).increment(1);
             tracing::debug!(%path, "no route");
-            return empty_response(StatusCode::NOT_FOUND);
+            return Ok(empty_response(StatusCode::NOT_FOUND));
         };
+        set_request_uri(&mut request).inspect_err(|error| {
+            tracing::warn!(%path, %error, "request rejected");
+        })?;
         let Some(component) = self.components.get(matched.component).cloned() else {
-            return text_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "route without component\n",
-            );
+            return Ok(empty_response(StatusCode::INTERNAL_SERVER_ERROR));
         };
-        let request = with_spin_headers(request, &matched, client);
-        self.invoke(component, request).await
+        let request = match with_spin_headers(request, &matched, client) {
+            Ok(request) => request,
+            Err(error) => {
+                // Spin fails the execution (`prepare_request`) and answers an empty 500.
+                tracing::warn!(component = %component.id, %error, "request refused");
+                return Ok(empty_response(StatusCode::INTERNAL_SERVER_ERROR));
+            }
+        };
+        Ok(self.invoke(component, request).await)
     }
 
+    /// Spin's well-known endpoints (`crates/trigger-http/src/server.rs`, `HttpServer::handle`
+    /// and `app_info`): `health` answers `OK`, `info` the pretty-printed `AppInfo` JSON.
     fn well_known(&self, endpoint: &str) -> Response<ResponseBody> {
         match endpoint {
-            "health" => text_response(StatusCode::OK, "OK"),
+            "health" => {
+                let mut response = empty_response(StatusCode::OK);
+                *response.body_mut() = Full::new(Bytes::from_static(b"OK"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                response
+            }
             "info" => {
-                let body = serde_json::json!({
-                    "name": self.name,
-                    "version": self.version,
-                    "runtime": "storemesh-edge",
-                    "runtime_version": env!("CARGO_PKG_VERSION"),
-                })
-                .to_string();
+                let mut info = serde_json::Map::new();
+                info.insert("name".into(), self.name.clone().into());
+                if let Some(version) = &self.version {
+                    info.insert("version".into(), version.clone().into());
+                }
+                let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
                 let mut response = Response::new(
                     Full::new(Bytes::from(body))
                         .map_err(|never| match never {})
@@ -650,27 +680,94 @@ fn log_failure(component: &str, failure: Failure, message: &str, after_response:
     }
 }
 
-/// Adds Spin's request headers (`spin-full-url`, `spin-path-info`, ...), replacing any the
-/// client sent under the same names.
-fn with_spin_headers<B>(
+/// Why Spin's server drops a request before any component sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRejected {
+    #[error("no 'Host' header present in request")]
+    NoHost,
+    #[error("'Host' header is not valid UTF-8")]
+    HostNotText,
+    #[error("'Host' header contains an invalid authority")]
+    InvalidHost,
+    #[error("authority in 'Host' header does not match authority in URI")]
+    AuthorityMismatch,
+    #[error("the request URI cannot carry the authority")]
+    InvalidUri,
+}
+
+/// A request header value that is not UTF-8 (Spin fails such a request with a 500).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the value of request header `{0}` is not UTF-8")]
+pub struct NonUtf8Header(String);
+
+/// Spin's `strip_forbidden_headers` (`crates/trigger-http/src/headers.rs`): a `Host` naming a
+/// service-chaining host (`<component>.spin.internal[:port]`) is removed.
+pub fn strip_forbidden_headers(headers: &mut http::HeaderMap) {
+    if headers
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .is_some_and(is_service_chaining_host)
+    {
+        headers.remove(http::header::HOST);
+    }
+}
+
+/// Spin's `is_service_chaining_host` (`crates/outbound-networking-config/src/allowed_hosts.rs`).
+fn is_service_chaining_host(host: &str) -> bool {
+    let (host, _) = host.rsplit_once(':').unwrap_or((host, ""));
+    host.split_once('.')
+        .is_some_and(|(_, rest)| rest == "spin.internal")
+}
+
+/// Spin's `set_req_uri` (`crates/trigger-http/src/server.rs`): the URI gets the server's scheme
+/// (`http`: this listener has no TLS) and the authority of the `Host` header or of the URI
+/// itself (HTTP/2 `:authority`, absolute-form); neither, or two that differ, is an error.
+pub fn set_request_uri<B>(request: &mut Request<B>) -> Result<(), RequestRejected> {
+    let header_authority = match request.headers().get(http::header::HOST) {
+        None => None,
+        Some(host) => {
+            let host = host.to_str().map_err(|_| RequestRejected::HostNotText)?;
+            Some(
+                host.parse::<http::uri::Authority>()
+                    .map_err(|_| RequestRejected::InvalidHost)?,
+            )
+        }
+    };
+    let mut parts = request.uri().clone().into_parts();
+    let authority = match (header_authority, parts.authority.take()) {
+        (None, None) => return Err(RequestRejected::NoHost),
+        (None, Some(authority)) | (Some(authority), None) => authority,
+        (Some(header), Some(uri)) if header == uri => header,
+        (Some(_), Some(_)) => return Err(RequestRejected::AuthorityMismatch),
+    };
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| RequestRejected::InvalidUri)?;
+    Ok(())
+}
+
+/// Adds Spin's request headers as `prepare_request_headers` and `compute_default_headers`
+/// (`crates/trigger-http/src/headers.rs`) and the WASI executor (`wasi.rs`, `prepare_request`)
+/// do: every value must be UTF-8; the host of `spin-full-url` is the `Host` header, else
+/// `localhost` (so an HTTP/2 request, which carries `:authority` instead, gets `localhost`);
+/// Spin's headers are appended after the client's, so a client-sent `spin-*` header is kept and
+/// Spin's value comes after it (spin-sdk's `Request::header` sees Spin's).
+pub fn with_spin_headers<B>(
     request: Request<B>,
     matched: &RouteMatch<'_>,
     client: SocketAddr,
-) -> Request<B> {
+) -> Result<Request<B>, NonUtf8Header> {
     let (mut parts, body) = request.into_parts();
+    for (name, value) in &parts.headers {
+        if std::str::from_utf8(value.as_bytes()).is_err() {
+            return Err(NonUtf8Header(name.to_string()));
+        }
+    }
     let host = parts
         .headers
         .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| "localhost".to_owned());
-    if !parts.headers.contains_key(http::header::HOST)
-        && parts.uri.authority().is_none()
-        && let Ok(value) = HeaderValue::from_str(&host)
-    {
-        parts.headers.insert(http::header::HOST, value);
-    }
+        .and_then(|host| std::str::from_utf8(host.as_bytes()).ok())
+        .unwrap_or("localhost");
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -678,28 +775,47 @@ fn with_spin_headers<B>(
         .unwrap_or("/");
     let scheme = parts.uri.scheme_str().unwrap_or("http");
     let full_url = format!("{scheme}://{host}{path_and_query}");
-    let mut set = |name: &str, value: &str| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            parts.headers.insert(name, value);
-        }
-    };
-    set("spin-path-info", &matched.path_info);
-    set("spin-full-url", &full_url);
-    set("spin-matched-route", matched.based_route);
-    set("spin-base-path", "/");
-    set("spin-raw-component-route", matched.raw_route);
-    set("spin-component-route", matched.component_route());
-    set("spin-client-addr", &client.to_string());
+    let mut spin_headers = vec![
+        ("spin-path-info".to_owned(), matched.path_info.clone()),
+        ("spin-full-url".to_owned(), full_url),
+        (
+            "spin-matched-route".to_owned(),
+            matched.based_route.to_owned(),
+        ),
+        ("spin-base-path".to_owned(), "/".to_owned()),
+        (
+            "spin-raw-component-route".to_owned(),
+            matched.raw_route.to_owned(),
+        ),
+        (
+            "spin-component-route".to_owned(),
+            matched.component_route().to_owned(),
+        ),
+        ("spin-client-addr".to_owned(), client.to_string()),
+    ];
     for (name, value) in &matched.captures {
-        set(
-            &format!("spin-path-match-{}", name.to_ascii_lowercase()),
-            value,
-        );
+        spin_headers.push((path_match_header(name), value.clone()));
     }
-    Request::from_parts(parts, body)
+    // Spin skips a name or value the `http` crate refuses.
+    for (name, value) in spin_headers {
+        if let (Ok(name), Ok(value)) = (
+            name.parse::<HeaderName>(),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            parts.headers.append(name, value);
+        }
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The header carrying a named route segment, named as Spin names it: Spin builds
+/// `SPIN_PATH_MATCH_{NAME}` (upper-cased) and turns every `_` into `-` and lower-cases the
+/// whole key (`crates/trigger-http/src/headers.rs`, `compute_default_headers` and
+/// `prepare_header_key`), so `:product_id` arrives as `spin-path-match-product-id`.
+pub fn path_match_header(segment_name: &str) -> String {
+    format!("SPIN_PATH_MATCH_{}", segment_name.to_ascii_uppercase())
+        .replace('_', "-")
+        .to_ascii_lowercase()
 }
 
 /// Compiles (or loads from the cache) and pre-instantiates one component, refusing it when it
@@ -761,4 +877,188 @@ async fn compile(
         component: id.to_owned(),
         message: format!("{error:#}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::routing::RoutePattern;
+
+    fn router(route: &str) -> Router {
+        Router::build([(RoutePattern::parse(route).unwrap(), "c".to_owned())]).0
+    }
+
+    fn client() -> SocketAddr {
+        "127.0.0.1:8777".parse().unwrap()
+    }
+
+    /// Every value of `name`, in order.
+    fn values(request: &Request<()>, name: &str) -> Vec<String> {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    fn prepared(route: &str, request: Request<()>) -> Request<()> {
+        let router = router(route);
+        let mut request = request;
+        strip_forbidden_headers(request.headers_mut());
+        set_request_uri(&mut request).unwrap();
+        let path = request.uri().path().to_owned();
+        let matched = router.route(&path).unwrap();
+        with_spin_headers(request, &matched, client()).unwrap()
+    }
+
+    // Spin: crates/trigger-http/src/headers.rs, tests::test_default_headers
+    #[test]
+    fn default_headers_follow_spin() {
+        let request = Request::post("/foo/bar?key1=value1&key2=value2")
+            .header("host", "fermyon.dev")
+            .body(())
+            .unwrap();
+        let request = prepared("/foo/...", request);
+        let one = |name: &str| values(&request, name).join("|");
+        assert_eq!(
+            one("spin-full-url"),
+            "http://fermyon.dev/foo/bar?key1=value1&key2=value2"
+        );
+        assert_eq!(one("spin-path-info"), "/bar");
+        assert_eq!(one("spin-matched-route"), "/foo/...");
+        assert_eq!(one("spin-base-path"), "/");
+        assert_eq!(one("spin-raw-component-route"), "/foo/...");
+        assert_eq!(one("spin-component-route"), "/foo");
+        assert_eq!(one("spin-client-addr"), "127.0.0.1:8777");
+        // The guest sees the authority on the URI (set_req_uri), with the server's scheme.
+        assert_eq!(
+            request.uri().to_string(),
+            "http://fermyon.dev/foo/bar?key1=value1&key2=value2"
+        );
+    }
+
+    // Spin: crates/trigger-http/src/headers.rs, tests::test_default_headers_with_named_wildcards
+    // and compute_default_headers + prepare_header_key (SPIN_PATH_MATCH_{NAME} upper-cased,
+    // `_` → `-`, lower-cased).
+    #[test]
+    fn named_segments_become_path_match_headers() {
+        let request = Request::get("/foo/42/bar")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        let request = prepared("/foo/:userid/...", request);
+        assert_eq!(values(&request, "spin-path-match-userid"), ["42"]);
+        assert_eq!(values(&request, "spin-component-route"), ["/foo/:userid"]);
+
+        let request = Request::get("/p/7/Q").header("host", "h").body(()).unwrap();
+        let request = prepared("/p/:product_id/:Big_Name", request);
+        assert_eq!(values(&request, "spin-path-match-product-id"), ["7"]);
+        assert_eq!(values(&request, "spin-path-match-big-name"), ["Q"]);
+        assert_eq!(
+            path_match_header("product_id"),
+            "spin-path-match-product-id"
+        );
+        assert_eq!(path_match_header("Big_Name"), "spin-path-match-big-name");
+    }
+
+    // Spin: crates/trigger-http/src/headers.rs prepare_request_headers (`host` header, default
+    // `localhost`) and server.rs set_req_uri (an HTTP/2 request carries `:authority` in the URI
+    // and no `Host` header).
+    #[test]
+    fn full_url_host_comes_from_the_host_header_only() {
+        let request = Request::get("http://example.test:3000/a?b")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let request = prepared("/...", request);
+        assert_eq!(values(&request, "spin-full-url"), ["http://localhost/a?b"]);
+        assert_eq!(
+            request.uri().authority().unwrap().as_str(),
+            "example.test:3000"
+        );
+        assert!(request.headers().get(http::header::HOST).is_none());
+    }
+
+    // Spin: crates/trigger-http/src/wasi.rs prepare_request (client headers first, then Spin's,
+    // through `HeaderMap::extend`, which appends): a client-sent spin-* header is not removed.
+    #[test]
+    fn client_sent_spin_headers_are_kept_before_spins() {
+        let request = Request::get("/x/y")
+            .header("host", "h")
+            .header("spin-path-info", "/forged")
+            .header("spin-client-addr", "1.2.3.4:5")
+            .body(())
+            .unwrap();
+        let request = prepared("/x/...", request);
+        assert_eq!(values(&request, "spin-path-info"), ["/forged", "/y"]);
+        assert_eq!(
+            values(&request, "spin-client-addr"),
+            ["1.2.3.4:5", "127.0.0.1:8777"]
+        );
+    }
+
+    // Spin: crates/trigger-http/src/headers.rs prepare_request_headers (`value?` on
+    // `str::from_utf8`): a header value that is not UTF-8 fails the request.
+    #[test]
+    fn a_non_utf8_header_value_is_an_error() {
+        let request = Request::get("/x")
+            .header("host", "h")
+            .header("x-bin", HeaderValue::from_bytes(b"\xff").unwrap())
+            .body(())
+            .unwrap();
+        let router = router("/x");
+        let matched = router.route("/x").unwrap();
+        assert_eq!(
+            with_spin_headers(request, &matched, client()).unwrap_err(),
+            NonUtf8Header("x-bin".into())
+        );
+    }
+
+    // Spin: crates/trigger-http/src/server.rs, set_req_uri
+    #[test]
+    fn the_authority_must_be_known_and_consistent() {
+        let mut request = Request::get("/").body(()).unwrap();
+        assert_eq!(set_request_uri(&mut request), Err(RequestRejected::NoHost));
+        let mut request = Request::get("http://a.test/")
+            .header("host", "b.test")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            set_request_uri(&mut request),
+            Err(RequestRejected::AuthorityMismatch)
+        );
+        let mut request = Request::get("http://a.test/")
+            .header("host", "A.test")
+            .body(())
+            .unwrap();
+        assert_eq!(set_request_uri(&mut request), Ok(()));
+        let mut request = Request::get("/").header("host", "a b").body(()).unwrap();
+        assert_eq!(
+            set_request_uri(&mut request),
+            Err(RequestRejected::InvalidHost)
+        );
+    }
+
+    // Spin: crates/trigger-http/src/headers.rs, tests::forbidden_headers_are_removed and
+    // non_forbidden_headers_are_not_removed
+    #[test]
+    fn service_chaining_hosts_are_stripped() {
+        for host in ["test.spin.internal", "test.spin.internal:1234"] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::HOST, HeaderValue::from_static(host));
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/plain"));
+            strip_forbidden_headers(&mut headers);
+            assert_eq!(headers.len(), 1, "{host}");
+            assert!(headers.get(http::header::HOST).is_none());
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_static("test.example.org"),
+        );
+        strip_forbidden_headers(&mut headers);
+        assert!(headers.get(http::header::HOST).is_some());
+    }
 }

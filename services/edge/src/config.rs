@@ -67,6 +67,11 @@ impl Default for EdgeConfig {
 }
 
 impl Validate for EdgeConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        storemesh_runtime::config::resolve_path(&mut self.manifest, base);
+        storemesh_runtime::config::resolve_path(&mut self.cache_dir, base);
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: format!("{section}.{field}"),
@@ -153,7 +158,18 @@ mod tests {
         let config = load("").unwrap();
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.admin_listen, "127.0.0.1:9080".parse().unwrap());
-        assert_eq!(config.manifest, PathBuf::from("spin.toml"));
+        // Relative paths are resolved against the working directory (wasmtime's cache insists
+        // on an absolute directory).
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config.manifest, cwd.join("spin.toml"));
+        assert_eq!(config.cache_dir, cwd.join("data/edge/cache"));
+        let config = load("[edge]\ncache_dir = \"\"\nmanifest = \"/srv/spin.toml\"\n").unwrap();
+        assert_eq!(
+            config.cache_dir,
+            PathBuf::new(),
+            "empty still disables the cache"
+        );
+        assert_eq!(config.manifest, PathBuf::from("/srv/spin.toml"));
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! Outbound network permissions (`allowed_outbound_hosts`) with Spin's syntax, and the
 //! HTTP/2-with-prior-knowledge authority list.
 //!
-//! An allowed host is `<scheme>://<host>[:<port>]`:
-//! - scheme: a name (`http`, `https`) or `*`;
-//! - host: a name (`api.example.com`, compared case-insensitively), `*`, `*.<domain>` (any
-//!   subdomain, not the domain itself), an IP address or CIDR range (`10.0.0.0/8`, `[::1]`), or
-//!   `self` (accepted for compatibility; this runtime makes no self-requests, see the crate docs);
-//! - port: a number, a range `a..b` (end exclusive), or `*`; omitted means the scheme's default
-//!   port (80 for http, 443 for https).
+//! Parsing and matching follow Spin's `AllowedHostConfig`
+//! (`crates/outbound-networking-config/src/allowed_hosts.rs`) exactly. An entry is
+//! `<scheme>://<host>[:<port>]`, split at `://` and at the *last* `:`:
+//! - scheme: `*` or alphabetic text, compared as written (request schemes are lower case, so
+//!   `HTTPS://...` matches nothing and, having no default port, needs an explicit one);
+//! - host: `*`, `*.<domain>` (any host ending in `.<domain>`), `self`/`self.alt` (self-requests,
+//!   which this runtime does not make), a CIDR `addr/len` (matched against an IPv4 request host;
+//!   an IPv6 request host has brackets and never matches, as in Spin), or a name compared as
+//!   written (request hosts are lower case) — a plain IP address, too (IPv6 with brackets);
+//! - port: a number, a range `a..b` (end exclusive), or `*`; omitted means the scheme's
+//!   well-known port (http 80, https 443, postgres, mysql, redis, mqtt), an error otherwise;
+//!   `{...}` lists of schemes, hosts or ports are refused ("not yet supported"), as is a path.
 //!
 //! `insecure:allow-all` is refused (as in Spin; `*://*:*` allows everything).
 
@@ -16,20 +21,32 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllowedHostError {
     #[error(
-        "{0:?} has no scheme: hosts must be written <scheme>://<host>[:<port>] (e.g. \"https://example.com\" or \"*://*:*\")"
+        "{0:?} is not an allowed outbound host format: hosts must be in the form <scheme>://<host>[:<port>], with '*' wildcards allowed for each ('*://*:*' allows all outbound networking)"
     )]
+    NotAHost(String),
+    #[error("{0:?} does not contain a scheme (e.g., 'http://' or '*://')")]
     NoScheme(String),
-    #[error("{0:?}: the scheme must be letters or `*`")]
-    BadScheme(String),
-    #[error("{0:?}: hosts must not contain a path")]
+    #[error("{0:?} has a path but is not allowed to")]
     Path(String),
-    #[error("{0:?}: `*` is only allowed alone or as a leading `*.` subdomain wildcard")]
-    BadWildcard(String),
-    #[error("{0:?}: the port must be a number, a range `a..b` or `*`")]
+    #[error("scheme {0:?} contains non alphabetic character")]
+    BadScheme(String),
+    #[error("{0} lists are not yet supported")]
+    List(&'static str),
+    #[error("hosts must not contain paths")]
+    HostPath,
+    #[error("Invalid allowed host {0}: wildcards are allowed only as prefixes")]
+    WildcardNotPrefix(String),
+    #[error("Invalid allowed host {0}: wildcards are allowed only as subdomains")]
+    WildcardNotSubdomain(String),
+    #[error("port {0:?} is not a number")]
     BadPort(String),
-    #[error("{0:?}: no port given and the scheme has no default port")]
+    #[error("port range {0:?} contains non-number")]
+    BadPortRange(String),
+    #[error("no port was provided and the scheme {0:?} does not have a known default port number")]
     NoDefaultPort(String),
-    #[error("'insecure:allow-all' is not allowed; use \"*://*:*\" to allow all outbound traffic")]
+    #[error(
+        "'insecure:allow-all' is not allowed - use '*://*:*' instead if you really want to allow all outbound traffic"
+    )]
     InsecureAllowAll,
 }
 
@@ -69,108 +86,69 @@ pub struct AllowedHost {
     port: PortRule,
 }
 
+/// Spin's `well_known_port`.
 fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
-        "http" => Some(80),
-        "https" => Some(443),
         "postgres" => Some(5432),
         "mysql" => Some(3306),
         "redis" => Some(6379),
         "mqtt" => Some(1883),
+        "http" => Some(80),
+        "https" => Some(443),
         _ => None,
     }
 }
 
 impl AllowedHost {
+    /// Spin's `AllowedHostConfig::parse`.
     pub fn parse(text: &str) -> Result<Self, AllowedHostError> {
         let original = text.to_owned();
-        let trimmed = text.trim();
-        if trimmed == "insecure:allow-all" {
+        let url = text.trim();
+        if url == "insecure:allow-all" {
             return Err(AllowedHostError::InsecureAllowAll);
         }
-        let Some((scheme, rest)) = trimmed.split_once("://") else {
-            return Err(AllowedHostError::NoScheme(original));
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(match url {
+                "*" | ":" | "" | "?" => AllowedHostError::NotAHost(url.to_owned()),
+                _ => AllowedHostError::NoScheme(url.to_owned()),
+            });
         };
-        let scheme_rule = if scheme == "*" {
-            SchemeRule::Any
-        } else if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphabetic()) {
-            SchemeRule::Exact(scheme.to_ascii_lowercase())
-        } else {
-            return Err(AllowedHostError::BadScheme(original));
-        };
-
-        // Split host and port, keeping IPv6 brackets together.
-        let (host, port) = if rest.starts_with('[') {
-            match rest.find(']') {
-                Some(end) => {
-                    let after = &rest[end + 1..];
-                    (&rest[..=end], after.strip_prefix(':').unwrap_or(after))
-                }
-                None => (rest, ""),
+        let (host, rest) = rest.rsplit_once(':').unwrap_or((rest, ""));
+        let port = match rest.split_once('/') {
+            Some((_, path)) if !path.is_empty() => {
+                return Err(AllowedHostError::Path(url.to_owned()));
             }
-        } else {
-            // A CIDR's `/` comes before the port: `10.0.0.0/8:80`.
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host, port),
-                None => (rest, ""),
-            }
-        };
-        let port = match port.split_once('/') {
-            Some((port, "")) => port,
-            Some(_) => return Err(AllowedHostError::Path(original)),
-            None => port,
-        };
-        let host_rule = parse_host(host.trim(), &original)?;
-        let port_rule = if port.is_empty() {
-            match &scheme_rule {
-                SchemeRule::Exact(scheme) => match default_port(scheme) {
-                    Some(port) => PortRule::Exact(port),
-                    None => return Err(AllowedHostError::NoDefaultPort(original)),
-                },
-                SchemeRule::Any => return Err(AllowedHostError::NoDefaultPort(original)),
-            }
-        } else if port == "*" {
-            PortRule::Any
-        } else if let Some((start, end)) = port.split_once("..") {
-            match (start.parse(), end.parse()) {
-                (Ok(start), Ok(end)) => PortRule::Range(start, end),
-                _ => return Err(AllowedHostError::BadPort(original)),
-            }
-        } else {
-            PortRule::Exact(
-                port.parse()
-                    .map_err(|_| AllowedHostError::BadPort(original.clone()))?,
-            )
+            Some((port, _)) => port,
+            None => rest,
         };
         Ok(Self {
+            scheme: parse_scheme(scheme)?,
+            host: parse_host(host)?,
+            port: parse_port(port, scheme)?,
             original,
-            scheme: scheme_rule,
-            host: host_rule,
-            port: port_rule,
         })
     }
 
     /// Whether a request to `scheme://host[:port]` is allowed (`port` `None` means the scheme's
-    /// default port).
+    /// default port). `scheme` and `host` are compared as given: callers pass them lower-cased,
+    /// as the `url` crate hands them to Spin.
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        let scheme = scheme.to_ascii_lowercase();
-        let host = host.to_ascii_lowercase();
         let scheme_ok = match &self.scheme {
             SchemeRule::Any => true,
-            SchemeRule::Exact(allowed) => *allowed == scheme,
+            SchemeRule::Exact(allowed) => allowed == scheme,
         };
         let host_ok = match &self.host {
             HostRule::Any => true,
             HostRule::Subdomain(suffix) => host.ends_with(suffix.as_str()),
-            HostRule::Exact(allowed) => *allowed == host,
-            HostRule::Network { addr, prefix } => {
-                parse_ip(&host).is_some_and(|candidate| network_contains(*addr, *prefix, candidate))
-            }
+            HostRule::Exact(allowed) => allowed == host,
+            HostRule::Network { addr, prefix } => host
+                .parse::<IpAddr>()
+                .is_ok_and(|candidate| network_contains(*addr, *prefix, candidate)),
             HostRule::ToSelf => false,
         };
         let port_ok = match &self.port {
             PortRule::Any => true,
-            rule => match port.or_else(|| default_port(&scheme)) {
+            rule => match port.or_else(|| default_port(scheme)) {
                 Some(port) => match rule {
                     PortRule::Exact(allowed) => *allowed == port,
                     PortRule::Range(start, end) => (*start..*end).contains(&port),
@@ -189,54 +167,82 @@ impl std::fmt::Display for AllowedHost {
     }
 }
 
-fn parse_host(host: &str, original: &str) -> Result<HostRule, AllowedHostError> {
+/// Spin's `SchemeConfig::parse`.
+fn parse_scheme(scheme: &str) -> Result<SchemeRule, AllowedHostError> {
+    if scheme == "*" {
+        return Ok(SchemeRule::Any);
+    }
+    if scheme.starts_with('{') {
+        return Err(AllowedHostError::List("scheme"));
+    }
+    if scheme.chars().any(|c| !c.is_alphabetic()) {
+        return Err(AllowedHostError::BadScheme(scheme.to_owned()));
+    }
+    Ok(SchemeRule::Exact(scheme.to_owned()))
+}
+
+/// Spin's `HostConfig::parse`.
+fn parse_host(host: &str) -> Result<HostRule, AllowedHostError> {
+    let host = host.trim();
     if host == "*" {
         return Ok(HostRule::Any);
     }
     if host == "self" || host == "self.alt" {
         return Ok(HostRule::ToSelf);
     }
+    if host.starts_with('{') {
+        return Err(AllowedHostError::List("host"));
+    }
     if let Some((addr, prefix)) = parse_network(host) {
         return Ok(HostRule::Network { addr, prefix });
     }
-    let host = host.trim_end_matches('/');
-    if host.contains('/') {
-        return Err(AllowedHostError::Path(original.to_owned()));
+    if matches!(host.split('/').nth(1), Some(path) if !path.is_empty()) {
+        return Err(AllowedHostError::HostPath);
     }
     if let Some(domain) = host.strip_prefix("*.") {
-        if domain.contains('*') || domain.is_empty() {
-            return Err(AllowedHostError::BadWildcard(original.to_owned()));
+        if domain.contains('*') {
+            return Err(AllowedHostError::WildcardNotPrefix(host.to_owned()));
         }
-        return Ok(HostRule::Subdomain(format!(
-            ".{}",
-            domain.to_ascii_lowercase()
-        )));
+        return Ok(HostRule::Subdomain(format!(".{domain}")));
     }
     if host.contains('*') {
-        return Err(AllowedHostError::BadWildcard(original.to_owned()));
+        return Err(AllowedHostError::WildcardNotSubdomain(host.to_owned()));
     }
-    Ok(HostRule::Exact(host.to_ascii_lowercase()))
+    Ok(HostRule::Exact(host.trim_end_matches('/').to_owned()))
 }
 
-fn parse_ip(text: &str) -> Option<IpAddr> {
-    text.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
+/// Spin's `PortConfig::parse` and `IndividualPortConfig::parse`.
+fn parse_port(port: &str, scheme: &str) -> Result<PortRule, AllowedHostError> {
+    if port.is_empty() {
+        return default_port(scheme)
+            .map(PortRule::Exact)
+            .ok_or_else(|| AllowedHostError::NoDefaultPort(scheme.to_owned()));
+    }
+    if port == "*" {
+        return Ok(PortRule::Any);
+    }
+    if port.starts_with('{') {
+        return Err(AllowedHostError::List("port"));
+    }
+    if let Some((start, end)) = port.split_once("..") {
+        let bad = || AllowedHostError::BadPortRange(port.to_owned());
+        return Ok(PortRule::Range(
+            start.parse().map_err(|_| bad())?,
+            end.parse().map_err(|_| bad())?,
+        ));
+    }
+    port.parse()
+        .map(PortRule::Exact)
+        .map_err(|_| AllowedHostError::BadPort(port.to_owned()))
 }
 
-/// `addr` or `addr/prefix` (the address is truncated to the prefix).
+/// `ip_network::IpNetwork::from_str_truncate`, which Spin uses: `addr/len` only (a plain
+/// address is not a network), the address truncated to the prefix.
 fn parse_network(text: &str) -> Option<(IpAddr, u8)> {
-    let (addr, prefix) = match text.split_once('/') {
-        Some((addr, prefix)) => (addr, Some(prefix)),
-        None => (text, None),
-    };
-    let addr = parse_ip(addr)?;
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(prefix) => prefix.parse::<u8>().ok().filter(|p| *p <= max)?,
-        None => max,
-    };
+    let prefix = prefix.parse::<u8>().ok().filter(|p| *p <= max)?;
     Some((addr, prefix))
 }
 
@@ -267,10 +273,16 @@ impl AllowedHosts {
         self.0.iter().any(|rule| rule.allows(scheme, host, port))
     }
 
-    /// Whether `uri` (absolute) may be requested.
+    /// Whether `uri` (absolute) may be requested. Spin compares what the `url` crate makes of
+    /// the URL (`OutboundUrl::parse`): scheme and host lower-cased, the scheme's default port
+    /// written out the same as no port.
     pub fn allows_uri(&self, uri: &http::Uri) -> bool {
         match (uri.scheme_str(), uri.host()) {
-            (Some(scheme), Some(host)) => self.allows(scheme, host, uri.port_u16()),
+            (Some(scheme), Some(host)) => self.allows(
+                &scheme.to_ascii_lowercase(),
+                &host.to_ascii_lowercase(),
+                uri.port_u16(),
+            ),
             _ => false,
         }
     }
@@ -330,13 +342,20 @@ mod tests {
         AllowedHost::parse(rule).unwrap().allows(scheme, host, port)
     }
 
+    fn allows_url(rule: &str, url: &str) -> bool {
+        AllowedHosts::new(vec![AllowedHost::parse(rule).unwrap()]).allows_uri(&url.parse().unwrap())
+    }
+
+    // Spin: crates/outbound-networking-config/src/allowed_hosts.rs,
+    // test_allowed_hosts_accepts_url_without_port / _with_port / _with_trailing_slash /
+    // test_allowed_hosts_can_be_specific (well_known_port when the URL has none)
     #[test]
     fn exact_host_with_default_port() {
         assert!(allows("https://example.com", "https", "example.com", None));
         assert!(allows(
             "https://example.com",
             "https",
-            "EXAMPLE.com",
+            "example.com",
             Some(443)
         ));
         assert!(!allows(
@@ -353,8 +372,52 @@ mod tests {
             None
         ));
         assert!(allows("https://example.com/", "https", "example.com", None));
+        assert!(allows(
+            "http://example.com:4444/",
+            "http",
+            "example.com",
+            Some(4444)
+        ));
+        assert!(allows(
+            "*://spin.fermyon.dev:443",
+            "https",
+            "spin.fermyon.dev",
+            None
+        ));
+        assert!(!allows(
+            "http://example.com:8383",
+            "http",
+            "example.com",
+            None
+        ));
+        // Request URLs are lower-cased (the `url` crate does it for Spin).
+        assert!(allows_url("https://example.com", "https://EXAMPLE.com/x"));
+        assert!(allows_url(
+            "https://example.com",
+            "HTTPS://example.com:443/"
+        ));
     }
 
+    // Spin: allowed_hosts.rs, SchemeConfig::parse / HostConfig::parse keep the text as written
+    // and HostConfig::allows compares strings, so upper case in the manifest matches nothing.
+    #[test]
+    fn manifest_entries_are_case_sensitive() {
+        assert!(!allows_url(
+            "https://API.example.com",
+            "https://api.example.com/"
+        ));
+        assert!(matches!(
+            AllowedHost::parse("HTTPS://example.com"),
+            Err(AllowedHostError::NoDefaultPort(scheme)) if scheme == "HTTPS"
+        ));
+        assert!(!allows_url(
+            "HTTPS://example.com:443",
+            "https://example.com/"
+        ));
+    }
+
+    // Spin: allowed_hosts.rs, test_allowed_hosts_accepts_url_with_port_range,
+    // test_allowed_all_globs, test_allowed_hosts_accepts_host_with_glob_scheme
     #[test]
     fn explicit_ports_ranges_and_wildcards() {
         assert!(allows(
@@ -389,9 +452,19 @@ mod tests {
             Some(3002)
         ));
         assert!(allows("*://*:*", "https", "anything.test", Some(1)));
+        assert!(allows("*://*:*", "ftp", "anything.test", None));
         assert!(allows("*://example.com:443", "https", "example.com", None));
+        // Without a port, a scheme with no well-known port is not allowed by a port rule.
+        assert!(!allows("*://example.com:443", "ftp", "example.com", None));
+        // Well-known ports beyond HTTP.
+        assert!(allows("postgres://db", "postgres", "db", Some(5432)));
+        assert!(allows("mysql://db", "mysql", "db", Some(3306)));
+        assert!(allows("redis://db", "redis", "db", Some(6379)));
+        assert!(allows("mqtt://db", "mqtt", "db", Some(1883)));
     }
 
+    // Spin: allowed_hosts.rs, test_allowed_hosts_can_be_subdomain_wildcards (HostConfig::allows
+    // is `host.ends_with(".domain")`)
     #[test]
     fn subdomain_wildcards_do_not_match_the_domain() {
         assert!(allows(
@@ -418,57 +491,118 @@ mod tests {
             "badexample.com",
             None
         ));
+        // `*.` alone is a suffix of `.`: any fully qualified name with a trailing dot.
+        assert!(allows("https://*.", "https", "example.com.", None));
+        assert!(!allows("https://*.", "https", "example.com", None));
     }
 
+    // Spin: allowed_hosts.rs, test_allowed_hosts_accepts_ip_addresses / _ip_cidr / test_cidr
     #[test]
     fn networks_and_ipv6() {
         assert!(allows("http://10.0.0.0/8:80", "http", "10.1.2.3", None));
+        assert!(allows("http://10.0.0.0/8", "http", "10.1.2.3", None));
         assert!(!allows("http://10.0.0.0/8:80", "http", "11.1.2.3", None));
+        assert!(allows(
+            "*://127.0.0.1/24:63551",
+            "tcp",
+            "127.0.0.9",
+            Some(63551)
+        ));
+        assert!(allows("*://ff00::/8:80", "http", "ff01::1", None));
+        // The request host of an IPv6 URL keeps its brackets, so a CIDR never matches it.
+        assert!(!allows_url("*://ff00::/8:80", "http://[ff01::1]/"));
         assert!(allows("http://[::1]:50051", "http", "[::1]", Some(50051)));
+        assert!(allows_url("http://[::1]:50051", "http://[::1]:50051/"));
         assert!(!allows("http://[::1]:50051", "http", "[::2]", Some(50051)));
         assert!(allows("http://127.0.0.1:*", "http", "127.0.0.1", Some(9)));
+        // A plain address is a name, compared as text.
+        assert!(allows("http://192.168.1.1", "http", "192.168.1.1", None));
+        // The last `:` splits the port: a bracketed IPv6 address needs an explicit one.
+        assert!(AllowedHost::parse("http://[::1]").is_err());
+        assert!(AllowedHost::parse("*://127.0.0.0/24").is_err());
     }
 
+    // Spin: allowed_hosts.rs, test_allowed_hosts_accepts_self (HostConfig::ToSelf allows only
+    // relative URLs)
     #[test]
     fn self_allows_no_network_request() {
         assert!(!allows("http://self", "http", "self", None));
         assert!(!allows("http://self", "http", "localhost", None));
+        assert!(!allows("http://self.alt", "http", "self.alt", None));
     }
 
+    // Spin: allowed_hosts.rs, test_missing_scheme, test_allowed_hosts_rejects_path,
+    // test_allowed_hosts_respects_allow_all, test_allowed_hosts_does_not_accept_plain_host_*
+    // and the errors of AllowedHostConfig::parse / SchemeConfig / HostConfig / PortConfig.
     #[test]
     fn malformed_entries_are_refused() {
+        let error = |text: &str| AllowedHost::parse(text).unwrap_err();
         assert!(matches!(
-            AllowedHost::parse("example.com"),
-            Err(AllowedHostError::NoScheme(_))
+            error("example.com"),
+            AllowedHostError::NoScheme(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("*"),
-            Err(AllowedHostError::NoScheme(_))
+            error("spin.fermyon.dev:80"),
+            AllowedHostError::NoScheme(_)
+        ));
+        for bare in ["*", ":", "", "?"] {
+            assert!(
+                matches!(error(bare), AllowedHostError::NotAHost(_)),
+                "{bare:?}"
+            );
+        }
+        assert_eq!(
+            error("insecure:allow-all"),
+            AllowedHostError::InsecureAllowAll
+        );
+        assert!(AllowedHost::parse("http://spin.fermyon.dev/").is_ok());
+        assert!(matches!(
+            error("http://spin.fermyon.dev:6666/a/b"),
+            AllowedHostError::Path(_)
+        ));
+        assert_eq!(
+            error("http://spin.fermyon.dev/a"),
+            AllowedHostError::HostPath
+        );
+        assert_eq!(error("http://*.fermyon.dev/a"), AllowedHostError::HostPath);
+        assert!(matches!(
+            error("https://api.*.com"),
+            AllowedHostError::WildcardNotSubdomain(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("insecure:allow-all"),
-            Err(AllowedHostError::InsecureAllowAll)
+            error("https://*.a.*.com"),
+            AllowedHostError::WildcardNotPrefix(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("https://example.com/path"),
-            Err(AllowedHostError::Path(_))
+            error("https://example.com:http"),
+            AllowedHostError::BadPort(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("https://api.*.com"),
-            Err(AllowedHostError::BadWildcard(_))
+            error("https://example.com:1..x"),
+            AllowedHostError::BadPortRange(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("https://example.com:http"),
-            Err(AllowedHostError::BadPort(_))
+            error("https://example.com:70000"),
+            AllowedHostError::BadPort(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("foo://example.com"),
-            Err(AllowedHostError::NoDefaultPort(_))
+            error("foo://example.com"),
+            AllowedHostError::NoDefaultPort(_)
         ));
         assert!(matches!(
-            AllowedHost::parse("h2://example.com:1"),
-            Err(AllowedHostError::BadScheme(_))
+            error("*://example.com"),
+            AllowedHostError::NoDefaultPort(_)
         ));
+        assert!(matches!(
+            error("h2://example.com:1"),
+            AllowedHostError::BadScheme(_)
+        ));
+        assert_eq!(
+            error("{http,https}://example.com:1"),
+            AllowedHostError::List("scheme")
+        );
+        assert_eq!(error("http://{a,b}:1"), AllowedHostError::List("host"));
+        assert_eq!(error("http://a:{1,2}"), AllowedHostError::List("port"));
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The HTTP listener (HTTP/1.1 and h2c) serving the application, and the admin port.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,7 +116,9 @@ impl EdgeServer {
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
                             let app = app.clone();
-                            async move { Ok::<_, Infallible>(app.handle(request, client).await) }
+                            // A rejected request makes hyper drop the connection (HTTP/1) or reset the
+                            // stream (HTTP/2) without a response, as Spin's server does.
+                            async move { app.handle(request, client).await }
                         });
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
                         if let Err(error) = watcher.watch(connection).await {

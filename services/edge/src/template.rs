@@ -26,7 +26,7 @@ pub enum TemplateError {
     #[error("empty `{{{{ }}}}` reference in {template:?}")]
     Empty { template: String },
     #[error(
-        "{name:?} is not a valid variable name (lowercase letters, digits and `_`, starting with a letter)"
+        "{name:?} is not a valid variable name (lowercase letters, digits and single `_`, starting with a letter, ending with a letter or digit)"
     )]
     InvalidName { name: String },
 }
@@ -108,12 +108,17 @@ impl fmt::Display for Template {
     }
 }
 
-/// Spin's variable name rule: lowercase ASCII letters, digits and underscores, starting with a
-/// letter (so that `SPIN_VARIABLE_<NAME>` maps back unambiguously).
+/// Spin's variable name rule (`crates/expressions/src/lib.rs`, `Key::validate`): lowercase
+/// ASCII letters, digits and single underscores, starting with a letter and ending with a letter
+/// or digit (so that `SPIN_VARIABLE_<NAME>` maps back unambiguously).
 pub fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    let bytes = name.as_bytes();
+    matches!(bytes.first(), Some(c) if c.is_ascii_lowercase())
+        && matches!(bytes.last(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+        && !name.contains("__")
 }
 
 #[cfg(test)]
@@ -182,15 +187,15 @@ mod tests {
         ));
     }
 
+    // Spin: crates/expressions/src/lib.rs, tests::keys_good / keys_bad (Key::validate)
     #[test]
     fn variable_names_follow_spin_rules() {
-        assert!(is_variable_name("gateway_addr"));
-        assert!(is_variable_name("a1"));
-        assert!(!is_variable_name("1a"));
-        assert!(!is_variable_name("_a"));
-        assert!(!is_variable_name("A"));
-        assert!(!is_variable_name("a-b"));
-        assert!(!is_variable_name(""));
+        for good in ["a", "abc", "a1b2c3", "a_1", "a_1_b_3", "gateway_addr"] {
+            assert!(is_variable_name(good), "{good}");
+        }
+        for bad in ["", "aX", "1bc", "_x", "x.y", "x_", "a__b", "x-y", "A", "é"] {
+            assert!(!is_variable_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub enum VariableError {
         "invalid configuration key `edge.variables.{name}`: no variable `{name}` is declared in the manifest's [variables]"
     )]
     UnknownConfigured { name: String },
+    /// Spin's environment provider fails on a set but non-Unicode variable
+    /// (`failed to resolve env var ...`) instead of ignoring it.
+    #[error("failed to resolve env var {env_name}: not valid Unicode")]
+    NotUnicode { env_name: String },
     #[error(
         "`component.{component}.allowed_outbound_hosts[{index}]`: after substituting variables: {message}"
     )]
@@ -79,11 +83,13 @@ pub struct AppVariables {
 
 impl AppVariables {
     /// Resolves every declared variable. `env` looks up an environment variable (injected for
-    /// tests; production passes `std::env::var`).
+    /// tests; production passes `std::env::var`). As Spin's `EnvVariablesProvider::get_sync`
+    /// (`crates/factor-variables/src/spin_cli/env.rs`), the name is `SPIN_VARIABLE_` followed by
+    /// the variable name upper-cased (`api_token` → `SPIN_VARIABLE_API_TOKEN`).
     pub fn resolve(
         manifest: &Manifest,
         configured: &BTreeMap<String, String>,
-        env: impl Fn(&str) -> Option<String>,
+        env: impl Fn(&str) -> Result<String, std::env::VarError>,
     ) -> Result<Self, VariableError> {
         if let Some(name) = configured
             .keys()
@@ -94,7 +100,14 @@ impl AppVariables {
         let mut values = BTreeMap::new();
         for (name, decl) in &manifest.variables {
             let env_name = format!("{ENV_PREFIX}{}", name.to_ascii_uppercase());
-            let (value, source) = if let Some(value) = env(&env_name) {
+            let from_env = match env(&env_name) {
+                Ok(value) => Some(value),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(VariableError::NotUnicode { env_name });
+                }
+            };
+            let (value, source) = if let Some(value) = from_env {
                 (value, Source::Environment)
             } else if let Some(value) = configured.get(name) {
                 (value.clone(), Source::Configuration)
@@ -223,13 +236,60 @@ auth = "Bearer {{ token }}"
         Manifest::parse(Path::new("spin.toml"), MANIFEST).unwrap()
     }
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    fn env(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Result<String, std::env::VarError> {
         move |name| {
             pairs
                 .iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
+                .ok_or(std::env::VarError::NotPresent)
         }
+    }
+
+    // Spin: crates/factor-variables/src/spin_cli/env.rs, EnvVariablesProvider::get_sync
+    // (`{prefix}_{key.to_ascii_uppercase()}`, prefix `SPIN_VARIABLE`) and query_env (a value
+    // that is not Unicode is an error, not "unset").
+    #[test]
+    fn environment_names_are_the_upper_cased_variable_names() {
+        let manifest = manifest();
+        let looked_up = std::cell::RefCell::new(Vec::new());
+        let app = AppVariables::resolve(&manifest, &BTreeMap::new(), |name| {
+            looked_up.borrow_mut().push(name.to_owned());
+            match name {
+                "SPIN_VARIABLE_TOKEN" => Ok("t".to_owned()),
+                // Neither the lower-case nor the original spelling is consulted.
+                _ => Err(std::env::VarError::NotPresent),
+            }
+        })
+        .unwrap();
+        assert_eq!(app.get("token").unwrap().expose(), "t");
+        let mut names = looked_up.into_inner();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "SPIN_VARIABLE_HOST",
+                "SPIN_VARIABLE_PORT",
+                "SPIN_VARIABLE_TOKEN"
+            ]
+        );
+
+        let error = AppVariables::resolve(&manifest, &BTreeMap::new(), |name| {
+            if name == "SPIN_VARIABLE_HOST" {
+                Err(std::env::VarError::NotUnicode("\u{fffd}".into()))
+            } else {
+                Ok("x".to_owned())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(
+            error,
+            VariableError::NotUnicode {
+                env_name: "SPIN_VARIABLE_HOST".into()
+            }
+        );
     }
 
     #[test]

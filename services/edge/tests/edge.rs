@@ -268,7 +268,7 @@ async fn routes_exact_wildcard_and_most_specific() {
     let (_, body) = get(&edge.url("/products/p-7/images")).await;
     assert_eq!(field(&body, "component"), Some("images"), "{body}");
     assert_eq!(
-        field(&body, "spin-path-match-product_id"),
+        field(&body, "spin-path-match-product-id"),
         Some("p-7"),
         "{body}"
     );
@@ -285,7 +285,8 @@ async fn routes_exact_wildcard_and_most_specific() {
     assert_eq!((status, body.as_str()), (200, "OK"));
     let (status, body) = get(&edge.url("/.well-known/spin/info")).await;
     assert_eq!(status, 200);
-    assert!(body.contains("\"name\":\"routing\""), "{body}");
+    // Spin: crates/trigger-http/src/server.rs app_info (pretty-printed AppInfo).
+    assert_eq!(body, "{\n  \"name\": \"routing\"\n}", "{body}");
 
     // Admin port: health, readiness and the per-component metrics.
     let (status, _) = get(&format!("http://{}/healthz", edge.admin)).await;
@@ -309,6 +310,159 @@ async fn routes_exact_wildcard_and_most_specific() {
     assert!(
         metrics.contains("edge_unrouted_requests_total"),
         "{metrics}"
+    );
+    edge.stop().await;
+}
+
+const SPIN_HEADERS: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "spin-headers"
+
+[[trigger.http]]
+route = "/p/:product_id/:Big_Name"
+component = "named"
+[[trigger.http]]
+route = "/star/*"
+component = "star"
+[[trigger.http]]
+route = "/a/:id"
+component = "by-id"
+[[trigger.http]]
+route = "/a/b/..."
+component = "a-b"
+[[trigger.http]]
+route = "/.well-known/spin/mine"
+component = "reserved"
+
+[component.named]
+source = "{app}"
+variables = { name = "named" }
+[component.star]
+source = "{app}"
+variables = { name = "star" }
+[component.by-id]
+source = "{app}"
+variables = { name = "by-id" }
+[component.a-b]
+source = "{app}"
+variables = { name = "a-b" }
+[component.reserved]
+source = "{app}"
+variables = { name = "reserved" }
+"#;
+
+/// Sends `raw` on a fresh connection and returns everything the server writes before closing.
+async fn raw_exchange(addr: SocketAddr, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server neither answered nor closed");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+// Spin: crates/trigger-http/src/headers.rs (compute_default_headers, prepare_header_key,
+// prepare_request_headers), crates/trigger-http/src/server.rs (HttpServer::handle, set_req_uri,
+// HttpServer::new's reserved-route error) and crates/routes/src/lib.rs (Router::route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_headers_and_authority_handling_match_spin() {
+    let edge = Edge::start(SPIN_HEADERS, |_| {}).await;
+
+    // Named segments: `_` becomes `-`, upper case is lowered.
+    let (status, body) = get(&edge.url("/p/p-7/Q")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "component"), Some("named"), "{body}");
+    assert_eq!(
+        field(&body, "spin-path-match-product-id"),
+        Some("p-7"),
+        "{body}"
+    );
+    assert_eq!(
+        field(&body, "spin-path-match-big-name"),
+        Some("Q"),
+        "{body}"
+    );
+    assert_eq!(field(&body, "path-info"), Some(""), "{body}");
+
+    // A `/*` wildcard keeps its suffix in spin-component-route (only `/...` is stripped).
+    let (_, body) = get(&edge.url("/star/x/y/")).await;
+    assert_eq!(field(&body, "component"), Some("star"), "{body}");
+    assert_eq!(field(&body, "component-route"), Some("/star/*"), "{body}");
+    assert_eq!(field(&body, "matched-route"), Some("/star/*"), "{body}");
+    assert_eq!(field(&body, "path-info"), Some("/x/y/"), "{body}");
+
+    // routefinder's precedence: the literal `b` beats `:id` although `/a/b/...` is a wildcard.
+    let (_, body) = get(&edge.url("/a/b")).await;
+    assert_eq!(field(&body, "component"), Some("a-b"), "{body}");
+    let (_, body) = get(&edge.url("/a/c")).await;
+    assert_eq!(field(&body, "component"), Some("by-id"), "{body}");
+
+    // A route under /.well-known/spin/ loads (with Spin's error) but is never reached.
+    let (status, body) = get(&edge.url("/.well-known/spin/mine")).await;
+    assert_eq!((status, body.as_str()), (404, ""));
+    assert!(
+        log_text().contains("will never be reached"),
+        "{}",
+        log_text()
+    );
+    // Unrouted: an empty 404.
+    let (status, body) = get(&edge.url("/nowhere")).await;
+    assert_eq!((status, body.as_str()), (404, ""));
+
+    // A client-sent spin-* header stays, Spin's value is appended after it; spin-sdk's
+    // `Request::header` returns the last one.
+    let request = http::Request::get(edge.url("/star/real"))
+        .header("spin-path-info", "/forged")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(field(&body, "path-info"), Some("/real"), "{body}");
+
+    // HTTP/2 (h2c): no Host header, so spin-full-url says `localhost`.
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let response = h2
+        .get(edge.url("/star/h2?q=1").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(
+        field(&body, "full-url"),
+        Some("http://localhost/star/h2?q=1"),
+        "{body}"
+    );
+
+    // No authority at all, or a Host that contradicts the request target: Spin's handler fails
+    // and hyper closes the connection without an answer.
+    let answer = raw_exchange(edge.addr, "GET /star/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(answer, "", "{answer}");
+    let answer = raw_exchange(
+        edge.addr,
+        "GET http://a.test/star/x HTTP/1.1\r\nhost: b.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer, "", "{answer}");
+    // The same request with a consistent Host is served.
+    let answer = raw_exchange(
+        edge.addr,
+        "GET http://a.test/star/x HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("full-url=http://a.test/star/x"), "{answer}");
+    // The runtime's own endpoints need no authority.
+    let answer = raw_exchange(edge.addr, "GET /.well-known/spin/health HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("content-type"),
+        "{answer}"
     );
     edge.stop().await;
 }

@@ -114,6 +114,16 @@ impl GatewayConfig {
 }
 
 impl Validate for GatewayConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some(tls) = &mut self.tls {
+            storemesh_runtime::config::resolve_path(&mut tls.cert_file, base);
+            storemesh_runtime::config::resolve_path(&mut tls.key_file, base);
+        }
+        for upstream in self.upstreams.values_mut() {
+            upstream.resolve_paths(base);
+        }
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         self.server.validate(&format!("{section}.server"))?;
         for (name, upstream) in &self.upstreams {

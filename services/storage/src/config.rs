@@ -180,6 +180,10 @@ fn is_http_url(value: &str) -> bool {
 }
 
 impl Validate for StorageConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        storemesh_runtime::config::resolve_path(&mut self.data_dir, base);
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: format!("{section}.{field}"),
@@ -291,7 +295,14 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config: StorageConfig = ConfigLoader::from_toml_str("").section("storage").unwrap();
-        assert_eq!(config, StorageConfig::default());
+        // The relative default data dir is read as relative to the working directory.
+        let expected = StorageConfig {
+            data_dir: std::env::current_dir()
+                .unwrap()
+                .join("data/storage/objects"),
+            ..StorageConfig::default()
+        };
+        assert_eq!(config, expected);
         assert_eq!(config.server.listen.port(), 50053);
         assert_eq!(config.server.admin_listen.port(), 9053);
     }
