@@ -19,7 +19,7 @@ COPY . .
 # Cache mounts keep the registry and the target dirs between builds; the outputs are copied
 # out of them inside the same RUN (a cache mount is not part of the layer).
 # The edge functions are their own cargo workspace (edge-functions/, with its own Cargo.lock
-# and target dir); only the two components spin.toml names are built, not the test fixtures.
+# and target dir); only the components spin.toml names are built, not the test fixtures.
 # Cargo is started in /src, so /src/.cargo/config.toml applies (simd128 for wasm32-wasip2).
 # `serve edge` reads the components at spin.toml's `source` paths, relative to spin.toml:
 # /app/spin.toml → /app/edge-functions/target/wasm32-wasip2/release/*.wasm.
@@ -28,12 +28,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/edge-functions/target,sharing=locked \
     cargo build --locked --release -p storemesh --bin storemesh \
  && cargo build --locked --release --target wasm32-wasip2 \
-      --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail \
+      --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail -p images \
  && mkdir -p /out/bin /out/app/edge-functions/target/wasm32-wasip2/release \
       /out/app/data/auth/keys /out/app/data/edge/cache /out/app/data/storage/objects \
  && cp target/release/storemesh /out/bin/storemesh \
  && cp edge-functions/target/wasm32-wasip2/release/upload_hook.wasm \
       edge-functions/target/wasm32-wasip2/release/thumbnail.wasm \
+      edge-functions/target/wasm32-wasip2/release/images.wasm \
       /out/app/edge-functions/target/wasm32-wasip2/release/ \
  && cp spin.toml /out/app/spin.toml
 

@@ -113,16 +113,17 @@ pub fn parse_summary(output: &str) -> Result<(f64, u64, u64, u64), String> {
     Ok((requests_per_sec, succeeded, failed, data_bytes))
 }
 
-/// p50 and p99 in ms from an h2load `--log-file` (start µs, status, duration µs per line).
-pub fn latency_percentiles(log: &str) -> Option<(f64, f64)> {
+/// p50 and p99 in ms from an h2load `--log-file` (start µs, status, duration µs per line), of
+/// the responses with HTTP status `status`.
+pub fn latency_percentiles(log: &str, status: i32) -> Option<(f64, f64)> {
     let mut durations: Vec<u64> = log
         .lines()
         .filter_map(|line| {
             let mut columns = line.split('\t');
             let _start = columns.next()?;
-            let status: i32 = columns.next()?.trim().parse().ok()?;
+            let answered: i32 = columns.next()?.trim().parse().ok()?;
             let micros = columns.next()?.trim().parse().ok()?;
-            (status == 200).then_some(micros)
+            (answered == status).then_some(micros)
         })
         .collect();
     if durations.is_empty() {
@@ -157,23 +158,70 @@ pub fn run(
 ) -> Result<Run, String> {
     let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
     let body = dir.path().join("body");
-    let log = dir.path().join("log");
     std::fs::write(&body, target.body).map_err(|error| error.to_string())?;
-    let mut command = Command::new(h2load);
-    command
-        .arg(&target.url)
-        .args(["-c", &connections.to_string()])
-        .args(["-m", &streams.to_string()])
-        .args(["-t", "1"])
-        .args(["-D", &duration.as_secs().max(1).to_string()])
-        .arg("-d")
-        .arg(&body)
-        .arg("--log-file")
-        .arg(&log)
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+    let mut command = load(h2load, &target.url, connections, streams, duration);
+    command.arg("-d").arg(&body).args([
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ]);
     for header in target.headers {
         command.args(["-H", header]);
     }
+    execute(h2load, command, &dir, 200)
+}
+
+/// Plain HTTP `GET`s of `url` (HTTP/1.1 keep-alive with `h1`, as browsers and CDNs fetch
+/// images; else h2c), every answer expected to have status `expect_status` (e.g. 304 for
+/// revalidations).
+pub fn run_get(
+    h2load: &Path,
+    url: &str,
+    headers: &[String],
+    h1: bool,
+    expect_status: i32,
+    connections: usize,
+    duration: Duration,
+) -> Result<Run, String> {
+    let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+    let mut command = load(h2load, url, connections, 1, duration);
+    if h1 {
+        command.arg("--h1");
+    }
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    execute(h2load, command, &dir, expect_status)
+}
+
+/// h2load for `duration` with `connections` × `streams` concurrent requests on one client
+/// thread, logging each request.
+fn load(
+    h2load: &Path,
+    url: &str,
+    connections: usize,
+    streams: usize,
+    duration: Duration,
+) -> Command {
+    let mut command = Command::new(h2load);
+    command
+        .arg(url)
+        .args(["-c", &connections.to_string()])
+        .args(["-m", &streams.to_string()])
+        .args(["-t", "1"])
+        .args(["-D", &duration.as_secs().max(1).to_string()]);
+    command
+}
+
+fn execute(
+    h2load: &Path,
+    mut command: Command,
+    dir: &tempfile::TempDir,
+    status: i32,
+) -> Result<Run, String> {
+    let log = dir.path().join("log");
+    command.arg("--log-file").arg(&log);
     let output = command
         .output()
         .map_err(|error| format!("{}: {error}", h2load.display()))?;
@@ -188,7 +236,8 @@ pub fn run(
     let (requests_per_sec, succeeded, failed, data_bytes) =
         parse_summary(&stdout).map_err(|error| format!("{error} in h2load output:\n{stdout}"))?;
     let log = std::fs::read_to_string(&log).map_err(|error| error.to_string())?;
-    let (p50_ms, p99_ms) = latency_percentiles(&log).ok_or("h2load logged no response")?;
+    let (p50_ms, p99_ms) = latency_percentiles(&log, status)
+        .ok_or(format!("h2load logged no response with status {status}"))?;
     Ok(Run {
         requests_per_sec,
         succeeded,
@@ -247,7 +296,8 @@ traffic: 6.45MB (6763345) total, 1.15MB (1209229) headers (space savings 95.51%)
             .map(|micros| format!("1700000000000000\t200\t{}\n", micros * 1000))
             .chain(std::iter::once("1700000000000000\t-1\t5\n".to_owned()))
             .collect();
-        assert_eq!(latency_percentiles(&log), Some((50.0, 99.0)));
-        assert_eq!(latency_percentiles(""), None);
+        assert_eq!(latency_percentiles(&log, 200), Some((50.0, 99.0)));
+        assert_eq!(latency_percentiles(&log, 304), None);
+        assert_eq!(latency_percentiles("", 200), None);
     }
 }

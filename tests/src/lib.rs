@@ -10,11 +10,14 @@
 //!   [`EDGE_BUILD_COMMAND`]).
 //!
 //! Every service talks to the others through the gateway, as in production. Accounts are
-//! provisioned like `storemesh up` does: an admin ([`ADMIN_EMAIL`]), the `thumbnail` service
-//! account used by the thumbnail function ([`THUMBNAIL_CLIENT`]), the catalog's clean-up account,
-//! and a `dispatcher` account for tests that play the event dispatcher. Helpers make users and
-//! products, read storage events from Redis, sign event deliveries
-//! ([`System::signed_delivery`]) and send raw HTTP requests to the edge ([`http`]).
+//! provisioned like `storemesh up` does: an admin ([`ADMIN_EMAIL`]), the `thumbnail` and
+//! `images` service accounts of the edge functions ([`THUMBNAIL_CLIENT`], [`IMAGES_CLIENT`]),
+//! the catalog's clean-up account, and a `dispatcher` account for tests that play the event
+//! dispatcher. The catalog's image URLs point at the edge ([`System::edge_base_url`]) and it signs
+//! them with the first of [`IMAGE_URL_SIGNING_KEYS`], which the edge accepts both of. Helpers
+//! make users and products, read storage events from Redis, sign event deliveries
+//! ([`System::signed_delivery`]), send raw HTTP requests to the edge ([`http`],
+//! [`System::edge_get`]) and read the services' metrics ([`System::storage_metric`]).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -61,6 +64,8 @@ pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 /// The thumbnail function's service account (the `thumbnail_client_id` variable's default).
 pub const THUMBNAIL_CLIENT: &str = "thumbnail";
+/// The images function's service account (the `images_client_id` variable's default).
+pub const IMAGES_CLIENT: &str = "images";
 /// The catalog's clean-up account.
 pub const CATALOG_CLIENT: &str = "catalog";
 /// An account with the event dispatcher's scopes, for tests that play the dispatcher.
@@ -69,12 +74,18 @@ pub const DISPATCHER_CLIENT: &str = "dispatcher";
 pub const SERVICE_SECRET: &str = "service-secret-0123456789";
 /// The delivery signing secret the edge functions are configured with.
 pub const DELIVERY_SECRET: &str = "delivery-secret-0123456789abcdef";
+/// The `image_url_signing_keys` the edge accepts, as during a rotation: the catalog signs with
+/// the first (the new key); URLs signed with the second (the old key) still work.
+pub const IMAGE_URL_SIGNING_KEYS: [&str; 2] = [
+    "image-url-key-new-0123456789abcdef",
+    "image-url-key-old-0123456789abcdef",
+];
 /// The password of users made by [`System::user`].
 pub const USER_PASSWORD: &str = "a good long password";
 /// The storage events stream.
 pub const EVENTS_STREAM: &str = "storage:events";
 /// The command that builds the edge functions (and the runtime's fixtures) for the tests.
-pub const EDGE_BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip2 --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail";
+pub const EDGE_BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip2 --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail -p images";
 
 /// The repository root (where `spin.toml` lives).
 pub fn repo_root() -> PathBuf {
@@ -170,6 +181,8 @@ pub struct System {
     pub edge: Option<SocketAddr>,
     /// The edge runtime's admin address (`/metrics`, `/readyz`), when started.
     pub edge_admin: Option<SocketAddr>,
+    /// The edge's HTTP port, chosen before the catalog starts (its image URLs point there).
+    edge_port: u16,
     /// An admin's access token.
     pub admin_token: String,
     pub options: Options,
@@ -219,6 +232,8 @@ impl System {
         // The gateway's port is chosen first: the services reach each other through it.
         let gateway_port = free_port().unwrap();
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        // The edge's too: the catalog makes image URLs with it.
+        let edge_port = free_port().unwrap();
         let tokens = TokensConfig {
             auth_endpoint: gateway_url.clone(),
             ..TokensConfig::default()
@@ -251,6 +266,7 @@ impl System {
                                 "catalog.write:variants",
                             ],
                         ),
+                        account(IMAGES_CLIENT, &["catalog.read", "storage.read"]),
                         account(CATALOG_CLIENT, &["storage.delete:products"]),
                         account(
                             DISPATCHER_CLIENT,
@@ -285,6 +301,8 @@ impl System {
                     storage_endpoint: gateway_url.clone(),
                     service_client_id: CATALOG_CLIENT.into(),
                     service_client_secret: SERVICE_SECRET.into(),
+                    public_image_base_url: format!("http://127.0.0.1:{edge_port}"),
+                    image_url_signing_keys: vec![IMAGE_URL_SIGNING_KEYS[0].into()],
                     ..CatalogConfig::default()
                 },
                 redis: redis_config.clone(),
@@ -359,6 +377,7 @@ impl System {
             gateway,
             edge: None,
             edge_admin: None,
+            edge_port,
             admin_token: String::new(),
             options,
             gateway_task,
@@ -390,6 +409,12 @@ impl System {
         variables.insert("thumbnail_client_id".into(), THUMBNAIL_CLIENT.into());
         variables.insert("thumbnail_client_secret".into(), SERVICE_SECRET.into());
         variables.insert("delivery_signing_secret".into(), DELIVERY_SECRET.into());
+        variables.insert("images_client_id".into(), IMAGES_CLIENT.into());
+        variables.insert("images_client_secret".into(), SERVICE_SECRET.into());
+        variables.insert(
+            "image_url_signing_keys".into(),
+            IMAGE_URL_SIGNING_KEYS.join(","),
+        );
         variables.insert(
             "thumbnail_sizes".into(),
             self.options
@@ -407,7 +432,7 @@ impl System {
     async fn start_edge(&mut self) {
         let (dir, manifest) = linked_manifest(self.options.manifest_edit);
         let mut config = EdgeConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: SocketAddr::from(([127, 0, 0, 1], self.edge_port)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             manifest,
             variables: self.edge_variables(),
@@ -491,6 +516,56 @@ impl System {
             "http://{}{path}",
             self.edge.expect("the edge runtime is not running")
         )
+    }
+
+    /// The base of the image URLs the catalog makes: the edge's HTTP address (also before the
+    /// edge runs).
+    pub fn edge_base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.edge_port)
+    }
+
+    /// Sends `method path` to the edge with exactly `headers` (no credentials unless given), no
+    /// body.
+    pub async fn edge_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> http::Answer {
+        http::request(
+            self.edge.expect("the edge runtime is not running"),
+            method,
+            path,
+            headers,
+            None,
+        )
+        .await
+    }
+
+    /// `GET path` from the edge with `headers`: anonymous unless they carry `authorization`.
+    pub async fn edge_get(&self, path: &str, headers: &[(&str, String)]) -> http::Answer {
+        self.edge_request("GET", path, headers).await
+    }
+
+    /// `GET path` from the edge with `Authorization: Bearer <token>` and more `headers`.
+    pub async fn edge_get_as(
+        &self,
+        path: &str,
+        token: &str,
+        headers: &[(&str, String)],
+    ) -> http::Answer {
+        let mut all = vec![("authorization", format!("Bearer {token}"))];
+        all.extend(headers.iter().cloned());
+        self.edge_get(path, &all).await
+    }
+
+    /// The sum of a metric's samples whose labels include all of `labels`, from storage's
+    /// admin `/metrics`. The services of a test process share one recorder, so this counts
+    /// what every in-process service (and the gateway) recorded under that name.
+    pub async fn storage_metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let answer = http::request(self.storage().admin, "GET", "/metrics", &[], None).await;
+        assert_eq!(answer.status, 200, "storage /metrics: {}", answer.text());
+        metric_sum(&answer.text(), name, labels)
     }
 
     /// A channel to the gateway.
@@ -728,6 +803,28 @@ pub fn signed_delivery(
         (storemesh_delivery::SIGNATURE_HEADER.to_owned(), signature),
     ];
     (body, headers)
+}
+
+/// The sum of the samples of `name` in a Prometheus text exposition whose labels include all
+/// of `labels` (`key="value"`).
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let pairs: Vec<&str> = label_text.split(',').map(str::trim).collect();
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| pairs.contains(&format!("{key}=\"{value}\"").as_str()));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 pub fn unix_now() -> u64 {

@@ -78,7 +78,7 @@ fn built(crate_name: &str) -> Vec<u8> {
 
 #[test]
 fn edge_functions_import_only_wasi_0_2_and_spin_variables() {
-    for name in ["upload-hook", "thumbnail"] {
+    for name in ["upload-hook", "thumbnail", "images"] {
         let imports = component_imports(&built(name));
         assert!(
             imports

@@ -455,6 +455,103 @@ async fn seed_scenario_through_the_client_commands() {
     }
     let shown = up.cli_json(&session, &["products", "get", &product, "--json"], None);
     assert_eq!(shown["images"][0]["state"], "READY");
+    assert_eq!(shown["visibility"], "DRAFT");
+
+    // Shoppers: a draft's thumbnail is not public; published, it is, at the URL the catalog
+    // gives (the edge `up` runs), and the original stays the seller's.
+    let http = reqwest::Client::new();
+    let thumbnail_url = up.cli_json(
+        &session,
+        &["images", "url", &image_id, "--variant", "w320", "--json"],
+        None,
+    )["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        thumbnail_url,
+        format!("{}/img/{image_id}/w320.jpg", up.edge)
+    );
+    let anonymous = http.get(&thumbnail_url).send().await.unwrap();
+    assert_eq!(
+        anonymous.status().as_u16(),
+        401,
+        "a draft's thumbnail needs credentials"
+    );
+    let published = up.cli_json(&session, &["products", "publish", &product, "--json"], None);
+    assert_eq!(published["visibility"], "PUBLISHED");
+    let anonymous = http.get(&thumbnail_url).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 200);
+    assert_eq!(
+        anonymous.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let decoded = image::load_from_memory(&anonymous.bytes().await.unwrap()).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (320, 240));
+    let original = up.cli(&session, &["images", "url", &image_id], None);
+    let original_url = String::from_utf8(original.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let anonymous = http.get(&original_url).send().await.unwrap();
+    assert_eq!(
+        anonymous.status().as_u16(),
+        401,
+        "the original is the seller's"
+    );
+    // The seller downloads it (through the edge, with the session's token) byte for byte, and
+    // shares it for a while with a signed URL.
+    let saved = up.data.path().join("downloaded.jpg");
+    up.cli_json(
+        &session,
+        &[
+            "images",
+            "download",
+            &image_id,
+            "-o",
+            saved.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    assert!(std::fs::read(&saved).unwrap() == std::fs::read(&photo).unwrap());
+    let signed = up.cli_json(
+        &session,
+        &[
+            "images", "url", &image_id, "--sign", "--ttl", "60", "--json",
+        ],
+        None,
+    );
+    let signed_url = signed["url"].as_str().unwrap();
+    assert!(signed_url.contains("signature="), "{signed}");
+    let shared = http.get(signed_url).send().await.unwrap();
+    assert_eq!(shared.status().as_u16(), 200);
+    assert_eq!(shared.headers()["cache-control"], "private, no-store");
+    // Anonymous storefront reads through the gateway: the published product, without a token.
+    let mut storefront = CatalogServiceClient::new(up.channel().await);
+    let listed = storefront
+        .list_products(catalog_pb::ListProductsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.products.iter().any(|p| p.id == product),
+        "{listed:?}"
+    );
+    up.cli_json(
+        &session,
+        &["products", "unpublish", &product, "--json"],
+        None,
+    );
+    let listed = storefront
+        .list_products(catalog_pb::ListProductsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !listed.products.iter().any(|p| p.id == product),
+        "{listed:?}"
+    );
 
     // A forged delivery to the thumbnail route is refused.
     let forged = reqwest::Client::new()
@@ -508,6 +605,8 @@ async fn own_edge_with_edge_url_completes_the_seed_scenario() {
         "THUMBNAIL_CLIENT_SECRET",
         "DELIVERY_SIGNING_SECRET",
         "THUMBNAIL_SIZES",
+        "IMAGES_CLIENT_SECRET",
+        "IMAGE_URL_SIGNING_KEYS",
     ] {
         assert!(
             variables.contains(&format!("export SPIN_VARIABLE_{name}=")),

@@ -137,6 +137,38 @@ async fn upload_hook_stores_and_attaches_an_image_over_grpc_web() {
     system.stop().await;
 }
 
+/// The catalog records the size a shopper sees: a photo stored landscape with EXIF orientation 6
+/// is recorded portrait (like its thumbnails), and the original's SHA-256 (its ETag) is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_hook_records_displayed_dimensions_and_the_sha256() {
+    let system = System::start().await;
+    let seller = seller(&system, "rotated@example.com").await;
+    let photo = images::jpeg_with_orientation(600, 400, 6);
+    let answer = system
+        .edge_post(
+            &upload_path(&seller.product),
+            &seller.token,
+            "image/jpeg",
+            photo.clone(),
+        )
+        .await;
+    expect_status(&answer, 201);
+    let body = answer.json();
+    assert_eq!(
+        (body["width"].clone(), body["height"].clone()),
+        (Value::from(400), Value::from(600)),
+        "{body}"
+    );
+    let image = system
+        .image(body["image_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((image.width, image.height), (400, 600));
+    use sha2::Digest as _;
+    assert_eq!(image.sha256, hex::encode(sha2::Sha256::digest(&photo)));
+    system.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_hook_works_over_native_grpc_h2c() {
     let system = System::start_with(Options {
@@ -580,6 +612,7 @@ async fn nothing_is_left_behind_when_attach_fails_or_the_client_vanishes() {
                     size_bytes: 10,
                     width: 1,
                     height: 1,
+                    ..catalog_pb::AttachImageRequest::default()
                 },
                 &owner.token,
             ))
@@ -714,6 +747,7 @@ async fn attach_original(
                 size_bytes: size_bytes as u64,
                 width: 100,
                 height: 100,
+                ..catalog_pb::AttachImageRequest::default()
             },
             &seller.token,
         ))

@@ -41,6 +41,10 @@ const SECTIONS: &[(&str, &str)] = &[
         "system",
         "The whole system under `storemesh up` (one process per service): upload → READY latency and images/s, and idle and loaded RSS of each service.",
     ),
+    (
+        "image_delivery",
+        "A published thumbnail served over HTTP by the `images` edge function of `storemesh up` (GET and `304` revalidations, 32 HTTP/1.1 clients), against nginx serving the same file from disk; the edge runtime's memory during the load.",
+    ),
 ];
 
 struct Args {

@@ -328,6 +328,29 @@ fn exif_orientation_is_applied() {
         (800, 400),
         "probe reports stored size"
     );
+    // ... and the displayed size, which the catalog records: the same turn as the thumbnails.
+    assert_eq!(probed.orientation, 6);
+    assert_eq!(probed.displayed(), (400, 800));
+    for (orientation, displayed) in [
+        (1, (800, 400)),
+        (3, (800, 400)),
+        (5, (400, 800)),
+        (8, (400, 800)),
+    ] {
+        let input = jpeg(
+            &halves(800, 400),
+            90,
+            Some(&exif_orientation(orientation)),
+            false,
+        );
+        assert_eq!(
+            probe(&input).unwrap().displayed(),
+            displayed,
+            "orientation {orientation}"
+        );
+    }
+    let plain = jpeg(&halves(800, 400), 90, None, false);
+    assert_eq!(probe(&plain).unwrap().orientation, 1);
     let thumbs = thumbnails(&input);
     assert_eq!(
         sizes(&thumbs),

@@ -58,6 +58,10 @@ const THUMBNAIL_SCOPES: &[&str] = &[
     "catalog.read",
     "catalog.write:variants",
 ];
+/// The `images` function's service account: it reads image records and bytes for anonymous
+/// shoppers and signed URLs.
+const IMAGES_ACCOUNT: &str = "images";
+const IMAGES_SCOPES: &[&str] = &["catalog.read", "storage.read"];
 
 /// How to start one child again: `up` restarts children that die after start.
 #[derive(Clone)]
@@ -293,6 +297,7 @@ fn service_account_env(
             "STOREMESH_DISPATCHER__SERVICE_CLIENT_SECRET",
         ),
         (THUMBNAIL_ACCOUNT, THUMBNAIL_SCOPES, "", ""),
+        (IMAGES_ACCOUNT, IMAGES_SCOPES, "", ""),
     ];
     let mut entries = Vec::new();
     let mut env = Vec::new();
@@ -349,13 +354,19 @@ fn function_variables(
         ),
     ];
     if auth.service_accounts.is_empty() {
+        for (account, prefix) in [(THUMBNAIL_ACCOUNT, "thumbnail"), (IMAGES_ACCOUNT, "images")] {
+            variables.push((format!("{prefix}_client_id"), account.to_owned()));
+            variables.push((
+                format!("{prefix}_client_secret"),
+                stored_secret(&data_dir.join("secrets").join(account))?,
+            ));
+        }
+    }
+    // The catalog signs image URLs with this key and the `images` function verifies them.
+    if !loader.is_set("catalog.image_url_signing_keys") {
         variables.push((
-            "thumbnail_client_id".to_owned(),
-            THUMBNAIL_ACCOUNT.to_owned(),
-        ));
-        variables.push((
-            "thumbnail_client_secret".to_owned(),
-            stored_secret(&data_dir.join("secrets").join(THUMBNAIL_ACCOUNT))?,
+            "image_url_signing_keys".to_owned(),
+            image_url_signing_key(data_dir)?,
         ));
     }
     if let Some(gateway) = gateway {
@@ -447,6 +458,36 @@ fn dispatcher_env(
         env.push((
             "STOREMESH_DISPATCHER__TARGETS__THUMBNAIL__URL".to_owned(),
             format!("{origin}/internal/thumbnail"),
+        ));
+    }
+    Ok(env)
+}
+
+/// The HMAC key the catalog signs image URLs with and the `images` function verifies.
+fn image_url_signing_key(data_dir: &Path) -> anyhow::Result<String> {
+    stored_secret(&data_dir.join("secrets").join("image-url-signing"))
+}
+
+/// The catalog signs image URLs with the shared key and writes absolute URLs for the edge that
+/// serves them. Settings configured explicitly are left alone.
+fn catalog_env(
+    loader: &ConfigLoader,
+    data_dir: &Path,
+    edge_origin: Option<&str>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    if !loader.is_set("catalog.image_url_signing_keys") {
+        env.push((
+            "STOREMESH_CATALOG__IMAGE_URL_SIGNING_KEYS".to_owned(),
+            format!("[\"{}\"]", image_url_signing_key(data_dir)?),
+        ));
+    }
+    if let Some(origin) = edge_origin
+        && !loader.is_set("catalog.public_image_base_url")
+    {
+        env.push((
+            "STOREMESH_CATALOG__PUBLIC_IMAGE_BASE_URL".to_owned(),
+            origin.to_owned(),
         ));
     }
     Ok(env)
@@ -650,6 +691,7 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         address_of(Service::Storage),
         edge_origin.as_deref(),
     )?);
+    cross_env.extend(catalog_env(&loader, &data_dir, edge_origin.as_deref())?);
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
     for (service, upstream) in [
         (Service::Auth, "auth"),
@@ -728,9 +770,12 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         .iter()
         .find(|(service, _)| *service == Service::Edge)
     {
+        let edge = loopback_if_unspecified(edge.listen);
         println!(
-            "  uploads: POST http://{}/v1/products/<product id>/images (or `storemesh upload`)",
-            edge.listen
+            "  uploads: POST http://{edge}/v1/products/<product id>/images (or `storemesh upload`)"
+        );
+        println!(
+            "  images:  GET http://{edge}/img/<image id>/w320.jpg (or `storemesh images url`)"
         );
     }
     println!("  admin login: {ADMIN_EMAIL} / {password}");

@@ -11,9 +11,13 @@
 //! - `grpc`: native gRPC over HTTP/2. Cleartext (h2c) needs the host to speak HTTP/2 with prior
 //!   knowledge to the gateway (`SPIN_OUTBOUND_H2C_PRIOR_KNOWLEDGE=<authority>` for Spin, exactly
 //!   the authority of `gateway_url`); over TLS the host negotiates `h2` by ALPN.
+//!
+//! [`tokens`] verifies callers' access tokens inside a component (EdDSA, keys from the
+//! `auth_jwks` variable or auth `GetPublicKeys`).
 
 pub mod api;
 pub mod channel;
+pub mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,11 +26,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use channel::{BoxError, WasiHttpChannel};
+use storemesh_proto::auth::v1::IssueServiceTokenRequest;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
 pub use storemesh_proto::{auth, catalog, events, storage};
 pub use tonic::{Code, Request, Status};
+
+use crate::api::ApiError;
 
 /// How gRPC travels to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +172,54 @@ impl Mesh {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// A token of the function's own service account (`account` = the client id and secret from
+    /// its Spin variables, named `{account}_client_id` / `{account}_client_secret` in errors).
+    /// A Spin instance lives for one request, so each request asks again. Credentials or scopes
+    /// auth refuses are the deployment's fault (`500 misconfigured`: retrying after a fix
+    /// helps); other failures map as every mesh status does.
+    pub async fn service_token(
+        &self,
+        account: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<String, ApiError> {
+        if client_id.is_empty() || client_secret.is_empty() {
+            return Err(ApiError::new(
+                500,
+                "misconfigured",
+                format!("{account}_client_id and {account}_client_secret must be set"),
+            ));
+        }
+        let answer = self
+            .auth()
+            .issue_service_token(self.request(
+                IssueServiceTokenRequest {
+                    client_id: client_id.to_owned(),
+                    client_secret: client_secret.to_owned(),
+                    requested_scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+                },
+                None,
+            ))
+            .await;
+        match answer {
+            Ok(answer) => Ok(answer.into_inner().access_token),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument
+                ) =>
+            {
+                Err(ApiError::new(
+                    500,
+                    "misconfigured",
+                    format!("auth IssueServiceToken: {}", status.message()),
+                ))
+            }
+            Err(status) => Err(ApiError::from_status("auth IssueServiceToken", &status)),
+        }
+    }
+
     /// A request with the default deadline and, when given, `authorization: Bearer <token>`.
     pub fn request<T>(&self, message: T, token: Option<&str>) -> Request<T> {
         self.request_with_timeout(message, token, self.default_timeout)
@@ -185,6 +240,38 @@ impl Mesh {
             request.metadata_mut().insert("authorization", value);
         }
         request
+    }
+}
+
+/// The headers of an incoming request, for the few a component reads.
+pub struct Headers(Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    pub fn of(request: &spin_sdk::http::IncomingRequest) -> Self {
+        Self(request.headers().entries())
+    }
+
+    /// The last value of `name` (case-insensitive). Spin appends its own `spin-*` headers after
+    /// whatever the client sent under the same name (`crates/trigger-http/src/wasi.rs`,
+    /// `prepare_request`), so the last value is Spin's and a client cannot choose the route
+    /// parameters.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rfind(|(key, _)| key.eq_ignore_ascii_case(name))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    /// Every value of the list-valued header `name` (e.g. `If-None-Match` sent on several
+    /// lines) joined with `, `, as RFC 9110 makes them equivalent; `None` when absent.
+    pub fn list(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
     }
 }
 

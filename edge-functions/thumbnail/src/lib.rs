@@ -36,7 +36,6 @@ use spin_sdk::http::{IncomingRequest, Method, Response};
 use spin_sdk::http_component;
 use storemesh_imaging::{ImagingError, Limits, Thumbnail, ThumbnailSpec};
 use storemesh_mesh_client::api::{ApiError, json_response, respond};
-use storemesh_mesh_client::auth::v1::IssueServiceTokenRequest;
 use storemesh_mesh_client::catalog::v1::{GetImageRequest, ImageState, MarkImageFailedRequest};
 use storemesh_mesh_client::storage::v1::download_response::Payload as DownloadPayload;
 use storemesh_mesh_client::storage::v1::upload_header::Target;
@@ -163,7 +162,14 @@ async fn process(request: IncomingRequest) -> Result<Response, ApiError> {
 
     let settings = Settings::load()?;
     let mesh = Mesh::new(&settings.mesh).map_err(misconfigured)?;
-    let token = service_token(&mesh, &settings).await?;
+    let token = mesh
+        .service_token(
+            "thumbnail",
+            &settings.client_id,
+            &settings.client_secret,
+            &SCOPES,
+        )
+        .await?;
     let token = token.as_str();
 
     // Is there still something to do? Storage emits the event when the original commits, and
@@ -300,41 +306,6 @@ async fn read_body(request: IncomingRequest) -> Result<Vec<u8>, ApiError> {
         }
     }
     Ok(body)
-}
-
-async fn service_token(mesh: &Mesh, settings: &Settings) -> Result<String, ApiError> {
-    if settings.client_id.is_empty() || settings.client_secret.is_empty() {
-        return Err(misconfigured(
-            "thumbnail_client_id and thumbnail_client_secret must be set",
-        ));
-    }
-    let answer = mesh
-        .auth()
-        .issue_service_token(mesh.request(
-            IssueServiceTokenRequest {
-                client_id: settings.client_id.clone(),
-                client_secret: settings.client_secret.clone(),
-                requested_scopes: SCOPES.iter().map(|scope| (*scope).to_owned()).collect(),
-            },
-            None,
-        ))
-        .await;
-    match answer {
-        Ok(answer) => Ok(answer.into_inner().access_token),
-        // Wrong credentials or scopes are the deployment's fault: retrying after a fix helps.
-        Err(status)
-            if matches!(
-                status.code(),
-                Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument
-            ) =>
-        {
-            Err(misconfigured(format!(
-                "auth IssueServiceToken: {}",
-                status.message()
-            )))
-        }
-        Err(status) => Err(ApiError::from_status("auth IssueServiceToken", &status)),
-    }
 }
 
 enum Fetch {

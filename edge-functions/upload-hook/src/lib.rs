@@ -19,7 +19,6 @@
 //! the caller, the product and the key, and a repeated upload whose image already exists
 //! answers with that image without storing anything again.
 
-mod auth;
 mod rules;
 mod validate;
 
@@ -37,7 +36,9 @@ use storemesh_mesh_client::catalog::v1::{
 use storemesh_mesh_client::storage::v1::upload_header::Target;
 use storemesh_mesh_client::storage::v1::upload_request::Payload;
 use storemesh_mesh_client::storage::v1::{DeleteRequest, UploadHeader, UploadRequest};
-use storemesh_mesh_client::{Code, Mesh, MeshConfig};
+// Token verification, shared with the `images` function.
+use storemesh_mesh_client::tokens as auth;
+use storemesh_mesh_client::{Code, Headers, Mesh, MeshConfig};
 use storemesh_tokens::Identity;
 
 /// Size of the chunks sent to storage (its recommendation is 1 MiB, its maximum 4 MiB; smaller
@@ -98,28 +99,13 @@ impl Settings {
     }
 }
 
-/// The request headers this component reads, lowercased names.
-struct Headers(Vec<(String, Vec<u8>)>);
-
-impl Headers {
-    /// The last value of `name`. Spin appends its own `spin-*` headers after whatever the
-    /// client sent under the same name (`crates/trigger-http/src/wasi.rs`, `prepare_request`),
-    /// so the last value is Spin's and a client cannot choose the route parameters.
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rfind(|(key, _)| key.eq_ignore_ascii_case(name))
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
-    }
-}
-
 async fn upload(request: IncomingRequest) -> Result<Response, ApiError> {
     if request.method() != Method::Post {
         return Err(
             ApiError::new(405, "method_not_allowed", "use POST").with_header("allow", "POST")
         );
     }
-    let headers = Headers(request.headers().entries());
+    let headers = Headers::of(&request);
     let settings = Settings::load()?;
     let mesh = Mesh::new(&settings.mesh).map_err(misconfigured)?;
 
@@ -184,7 +170,10 @@ async fn upload(request: IncomingRequest) -> Result<Response, ApiError> {
     let (prefix, probe) =
         validate::read_header(&mut body, content_type, length, settings.max_pixels).await?;
     let storage_key = rules::original_key(&product_id, &image_id);
-    upload_original(
+    // The catalog records what a shopper sees: the size after the EXIF orientation, as the
+    // thumbnails are made.
+    let (width, height) = probe.displayed();
+    let sha256 = upload_original(
         &mesh,
         &token,
         &storage_key,
@@ -204,8 +193,9 @@ async fn upload(request: IncomingRequest) -> Result<Response, ApiError> {
                 storage_key: storage_key.clone(),
                 content_type: content_type.to_owned(),
                 size_bytes: length,
-                width: probe.width,
-                height: probe.height,
+                width,
+                height,
+                sha256: sha256.clone(),
             },
             Some(&token),
         ))
@@ -223,8 +213,9 @@ async fn upload(request: IncomingRequest) -> Result<Response, ApiError> {
         storage_key,
         content_type: content_type.to_owned(),
         size_bytes: length,
-        width: probe.width,
-        height: probe.height,
+        width,
+        height,
+        sha256,
         state: ImageState::Processing.into(),
         ..Image::default()
     });
@@ -288,7 +279,8 @@ fn created(image: &Image, replayed: bool) -> Response {
     json_response(201, &body, &headers)
 }
 
-/// Streams `prefix` and then the rest of `body` into storage under `key`.
+/// Streams `prefix` and then the rest of `body` into storage under `key`; returns the stored
+/// object's SHA-256 (hex, empty if storage did not say).
 async fn upload_original(
     mesh: &Mesh,
     token: &str,
@@ -297,7 +289,7 @@ async fn upload_original(
     length: u64,
     prefix: Vec<u8>,
     body: impl Stream<Item = Result<Vec<u8>, wasi::io::streams::Error>> + Send + Unpin + 'static,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let header = UploadRequest {
         payload: Some(Payload::Header(UploadHeader {
             target: Some(Target::Key(key.to_owned())),
@@ -314,7 +306,11 @@ async fn upload_original(
         .upload(mesh.request(messages, Some(token)))
         .await;
     match result {
-        Ok(_) => Ok(()),
+        Ok(answer) => Ok(answer
+            .into_inner()
+            .object
+            .map(|object| object.sha256)
+            .unwrap_or_default()),
         Err(_) if body_failed.load(Ordering::Relaxed) => Err(ApiError::bad_request(
             "the request body could not be read to its end; nothing was stored",
         )),

@@ -101,7 +101,11 @@ pub struct RateLimitConfig {
     pub register_per_account: u64,
     /// Refresh calls per client address per window.
     pub refresh_per_address: u64,
-    /// Service token requests per client id (and per client address) per window.
+    /// Service token requests per client id (and per client address) per window. High by
+    /// default: an edge function instance lives for one request, so the thumbnail function
+    /// takes a token per delivery and the `images` function one per image request (a
+    /// storefront page is dozens); a verified secret is remembered, so each costs an HMAC and
+    /// a signature, not an Argon2id hash.
     pub service_token_per_client: u64,
 }
 
@@ -120,7 +124,7 @@ impl Default for RateLimitConfig {
             // this limit guards the Argon2 cost, not guessing: 1200 per minute (20/s) covers
             // a busy edge while still capping a runaway or leaked client. The address limit
             // uses the same number because calls arrive through the gateway's one address.
-            service_token_per_client: 1_200,
+            service_token_per_client: 60_000,
         }
     }
 }

@@ -11,7 +11,11 @@ use storemesh_runtime::config::{ConfigError, Validate};
 /// is at most ~40 KB), so the larger limit costs nothing for well-behaved callers.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The local edge runtime, where the `images` function serves `/img/...` in development.
+pub const DEFAULT_PUBLIC_IMAGE_BASE_URL: &str = "http://127.0.0.1:3000";
+
+/// `Debug` is written by hand so secrets never reach a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
     pub server: ServerConfig,
@@ -30,6 +34,46 @@ pub struct CatalogConfig {
     /// with `ABORTED` so it cannot hold back the others.
     pub watch_buffer: usize,
     pub cleanup: CleanupConfig,
+    /// Where the `images` edge function is reachable from clients, e.g.
+    /// `https://img.example.com`: image URLs in responses are this plus `/img/...`. Empty:
+    /// responses carry paths only (`url` equals `url_path`).
+    pub public_image_base_url: String,
+    /// HMAC keys of `SignImageUrl` (each at least 16 bytes, at most 8): the first signs, the
+    /// `images` function accepts any of its own list, so keys rotate by adding the new one
+    /// first there, then here. Empty: `SignImageUrl` is `FAILED_PRECONDITION`.
+    pub image_url_signing_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be forgotten here.
+        let Self {
+            server,
+            variant_sizes,
+            storage_endpoint,
+            service_client_id,
+            service_client_secret,
+            watch_buffer,
+            cleanup,
+            public_image_base_url,
+            image_url_signing_keys,
+        } = self;
+        let redacted = |value: &str| if value.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("CatalogConfig")
+            .field("server", server)
+            .field("variant_sizes", variant_sizes)
+            .field("storage_endpoint", storage_endpoint)
+            .field("service_client_id", service_client_id)
+            .field("service_client_secret", &redacted(service_client_secret))
+            .field("watch_buffer", watch_buffer)
+            .field("cleanup", cleanup)
+            .field("public_image_base_url", public_image_base_url)
+            .field(
+                "image_url_signing_keys",
+                &format_args!("<{} redacted>", image_url_signing_keys.len()),
+            )
+            .finish()
+    }
 }
 
 impl Default for CatalogConfig {
@@ -45,6 +89,8 @@ impl Default for CatalogConfig {
             service_client_secret: String::new(),
             watch_buffer: 256,
             cleanup: CleanupConfig::default(),
+            public_image_base_url: DEFAULT_PUBLIC_IMAGE_BASE_URL.into(),
+            image_url_signing_keys: Vec::new(),
         }
     }
 }
@@ -76,6 +122,22 @@ impl Default for CleanupConfig {
             request_timeout_ms: 10_000,
         }
     }
+}
+
+/// Whether `url` can be the public image base URL: `http(s)://host[:port][/path]`, no query or
+/// fragment (paths are appended to it).
+fn is_base_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    !host.is_empty()
+        && !host.contains('@')
+        && !rest.contains(['?', '#'])
+        && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The variant names an image needs to be `READY` (`w{N}` per configured size).
@@ -131,6 +193,18 @@ impl Validate for CatalogConfig {
                 "must be 16 to 256 characters",
             ));
         }
+        if !self.public_image_base_url.is_empty() && !is_base_url(&self.public_image_base_url) {
+            return Err(invalid(
+                "public_image_base_url",
+                "must be empty or an absolute http:// or https:// URL without query or fragment",
+            ));
+        }
+        if !self.image_url_signing_keys.is_empty()
+            && let Err(error) = storemesh_image_urls::SigningKeys::new(&self.image_url_signing_keys)
+        {
+            // The error names an index and a length rule, never the key itself.
+            return Err(invalid("image_url_signing_keys", &error.to_string()));
+        }
         if !(1..=65_536).contains(&self.watch_buffer) {
             return Err(invalid("watch_buffer", "must be between 1 and 65536"));
         }
@@ -170,6 +244,39 @@ mod tests {
             required_variant_names(&config.variant_sizes),
             ["w160", "w320", "w640"]
         );
+        assert_eq!(config.public_image_base_url, "http://127.0.0.1:3000");
+        assert!(config.image_url_signing_keys.is_empty());
+    }
+
+    #[test]
+    fn image_settings_are_accepted_and_secrets_stay_out_of_debug() {
+        let config: CatalogConfig = ConfigLoader::from_toml_str(
+            "[catalog]\npublic_image_base_url = \"https://img.example.com/\"\n\
+             image_url_signing_keys = [\"first-secret-0123456789\", \"second-secret-0123456789\"]\n\
+             service_client_id = \"catalog\"\nservice_client_secret = \"client-secret-0123456789\"\n",
+        )
+        .section("catalog")
+        .unwrap();
+        assert_eq!(config.image_url_signing_keys.len(), 2);
+        let debug = format!("{config:?}");
+        for secret in ["first-secret", "second-secret", "client-secret"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("https://img.example.com/"), "{debug}");
+        let empty: CatalogConfig =
+            ConfigLoader::from_toml_str("[catalog]\npublic_image_base_url = \"\"\n")
+                .section("catalog")
+                .unwrap();
+        assert!(empty.public_image_base_url.is_empty());
+        let nine = format!(
+            "[catalog]\nimage_url_signing_keys = [{}]\n",
+            ["\"0123456789abcdef\""; 9].join(", ")
+        );
+        let error = ConfigLoader::from_toml_str(&nine)
+            .section::<CatalogConfig>("catalog")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("catalog.image_url_signing_keys"), "{error}");
     }
 
     #[test]
@@ -198,6 +305,18 @@ mod tests {
                 "catalog.server.concurrency_limit",
             ),
             ("[catalog]\nvariant_size = [1]\n", "variant_size"),
+            (
+                "[catalog]\npublic_image_base_url = \"img.example.com\"\n",
+                "catalog.public_image_base_url",
+            ),
+            (
+                "[catalog]\npublic_image_base_url = \"https://img.example.com/?v=1\"\n",
+                "catalog.public_image_base_url",
+            ),
+            (
+                "[catalog]\nimage_url_signing_keys = [\"short\"]\n",
+                "catalog.image_url_signing_keys",
+            ),
         ];
         for (toml, key) in cases {
             let error = ConfigLoader::from_toml_str(toml)

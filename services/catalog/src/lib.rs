@@ -1,8 +1,12 @@
 //! The Storemesh catalog service (`storemesh serve catalog`).
 //!
-//! Products with optimistic concurrency (etag/version) and field-mask updates; the images
-//! attached to them and their thumbnail variants, recorded idempotently from storage events
-//! until every configured size is present (`READY`) or processing fails (`FAILED`); a
+//! Products with optimistic concurrency (etag/version) and field-mask updates, each a draft
+//! (signed-in readers only) or published (also anonymous shoppers: `GetProduct` and
+//! `ListProducts` answer without a token, from indexes of published products alone); the
+//! images attached to them and their thumbnail variants, recorded idempotently from storage
+//! events until every configured size is present (`READY`) or processing fails (`FAILED`);
+//! image URLs added to every image on output ([`urls`], `catalog.public_image_base_url`) and
+//! signed, expiring URLs minted by `SignImageUrl` (`catalog.image_url_signing_keys`); a
 //! `WatchProduct` stream of changes over Redis pub/sub ([`watch`]); and a durable outbox that
 //! deletes the stored objects of deleted products and images ([`cleanup`]). State lives in
 //! Redis; the key schema is documented in [`store`].
@@ -13,6 +17,7 @@ pub mod model;
 pub mod paging;
 pub mod service;
 pub mod store;
+pub mod urls;
 pub mod validate;
 pub mod watch;
 
@@ -58,6 +63,9 @@ pub enum StartError {
     ChangeFeed(Duration),
     #[error("cannot set up token verification: {0}")]
     Authenticator(ServiceError),
+    /// Only when the settings were built without validation: loading checks the keys.
+    #[error("catalog.image_url_signing_keys: {0}")]
+    SigningKeys(storemesh_image_urls::KeyError),
     #[error("cannot set up the storage clean-up worker: {0}")]
     Cleanup(#[from] cleanup::WorkerError),
     #[error(transparent)]
@@ -151,11 +159,21 @@ pub async fn build_with_handle(
         Some(stats)
     };
 
+    let signing_keys = if catalog.image_url_signing_keys.is_empty() {
+        None
+    } else {
+        Some(
+            storemesh_image_urls::SigningKeys::new(&catalog.image_url_signing_keys)
+                .map_err(StartError::SigningKeys)?,
+        )
+    };
     let api = service::CatalogApi {
         store: store::Store::new(connection.clone()),
         hub: hub.clone(),
         required_variants: Arc::new(config::required_variant_names(&catalog.variant_sizes)),
         watch_buffer: catalog.watch_buffer,
+        urls: urls::ImageUrls::new(&catalog.public_image_base_url),
+        signing_keys,
         _background: guard,
     };
     let builder = ServiceHost::builder("catalog", catalog.server.clone());

@@ -32,6 +32,49 @@ fn parse<T: std::str::FromStr>(value: &str, kind: &str, id: &str, name: &str) ->
     value.parse().map_err(|_| corrupt(kind, id, name))
 }
 
+/// Who can see a product.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Visibility {
+    /// Signed-in readers only; new products, and products stored before visibility existed.
+    #[default]
+    Draft,
+    /// Also anonymous shoppers.
+    Published,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Draft => "draft",
+            Visibility::Published => "published",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "draft" => Some(Visibility::Draft),
+            "published" => Some(Visibility::Published),
+            _ => None,
+        }
+    }
+
+    /// `None` for `UNSPECIFIED` and unknown numbers.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        match pb::ProductVisibility::try_from(value).ok()? {
+            pb::ProductVisibility::Draft => Some(Visibility::Draft),
+            pb::ProductVisibility::Published => Some(Visibility::Published),
+            pb::ProductVisibility::Unspecified => None,
+        }
+    }
+
+    pub fn to_proto(self) -> pb::ProductVisibility {
+        match self {
+            Visibility::Draft => pb::ProductVisibility::Draft,
+            Visibility::Published => pb::ProductVisibility::Published,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductRecord {
     pub id: String,
@@ -42,6 +85,7 @@ pub struct ProductRecord {
     pub currency_code: String,
     pub tags: Vec<String>,
     pub primary_image_id: String,
+    pub visibility: Visibility,
     pub etag: String,
     pub version: i64,
     pub create_ms: i64,
@@ -60,6 +104,7 @@ impl ProductRecord {
             ("currency_code", self.currency_code.clone()),
             ("tags", self.tags.join(" ")),
             ("primary_image_id", self.primary_image_id.clone()),
+            ("visibility", self.visibility.as_str().to_owned()),
             ("etag", self.etag.clone()),
             ("version", self.version.to_string()),
             ("create_ms", self.create_ms.to_string()),
@@ -76,6 +121,13 @@ impl ProductRecord {
             return Ok(None);
         }
         let kind = "product";
+        // Products stored before visibility existed have no such field: drafts.
+        let visibility = match fields.remove("visibility") {
+            None => Visibility::Draft,
+            Some(value) => {
+                Visibility::parse(&value).ok_or_else(|| corrupt(kind, id, "visibility"))?
+            }
+        };
         let mut get = |name: &str| take(&mut fields, kind, id, name);
         let amount_minor = get("amount_minor")?;
         let version = get("version")?;
@@ -89,6 +141,7 @@ impl ProductRecord {
             description: get("description")?,
             currency_code: get("currency_code")?,
             primary_image_id: get("primary_image_id")?,
+            visibility,
             etag: get("etag")?,
             amount_minor: parse(&amount_minor, kind, id, "amount_minor")?,
             version: parse(&version, kind, id, "version")?,
@@ -114,7 +167,12 @@ impl ProductRecord {
             version: self.version,
             create_time: Some(timestamp(self.create_ms)),
             update_time: Some(timestamp(self.update_ms)),
+            visibility: self.visibility.to_proto().into(),
         }
+    }
+
+    pub fn is_published(&self) -> bool {
+        self.visibility == Visibility::Published
     }
 
     /// The product after `changes`, as a new version.
@@ -136,6 +194,9 @@ impl ProductRecord {
         if let Some(primary) = &changes.primary_image_id {
             next.primary_image_id.clone_from(primary);
         }
+        if let Some(visibility) = changes.visibility {
+            next.visibility = visibility;
+        }
         next.version = self.version.saturating_add(1);
         next.etag = etag;
         next.update_ms = now_ms.max(self.update_ms);
@@ -151,6 +212,7 @@ pub struct ProductChanges {
     pub price: Option<(i64, String)>,
     pub tags: Option<Vec<String>>,
     pub primary_image_id: Option<String>,
+    pub visibility: Option<Visibility>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +259,9 @@ pub struct Variant {
     pub format: i32,
     pub storage_key: String,
     pub size_bytes: u64,
+    /// Lowercase hex; empty when recorded without it (and in variants stored before it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
 }
 
 impl Variant {
@@ -208,9 +273,11 @@ impl Variant {
             format: variant.format,
             storage_key: variant.storage_key.clone(),
             size_bytes: variant.size_bytes,
+            sha256: variant.sha256.clone(),
         }
     }
 
+    /// Without URLs: those are added on output (see [`crate::urls`]).
     pub fn to_proto(&self) -> pb::ImageVariant {
         pb::ImageVariant {
             name: self.name.clone(),
@@ -219,6 +286,8 @@ impl Variant {
             format: self.format,
             storage_key: self.storage_key.clone(),
             size_bytes: self.size_bytes,
+            sha256: self.sha256.clone(),
+            ..pb::ImageVariant::default()
         }
     }
 }
@@ -230,6 +299,8 @@ pub struct ImageRecord {
     pub storage_key: String,
     pub content_type: String,
     pub size_bytes: u64,
+    /// SHA-256 of the original, lowercase hex; empty when attached without it.
+    pub sha256: String,
     pub width: u32,
     pub height: u32,
     pub state: ImageState,
@@ -250,6 +321,7 @@ impl ImageRecord {
             ("storage_key", self.storage_key.clone()),
             ("content_type", self.content_type.clone()),
             ("size_bytes", self.size_bytes.to_string()),
+            ("sha256", self.sha256.clone()),
             ("width", self.width.to_string()),
             ("height", self.height.to_string()),
             ("state", self.state.as_str().to_owned()),
@@ -269,6 +341,8 @@ impl ImageRecord {
             return Ok(None);
         }
         let kind = "image";
+        // Images stored before sha256 existed have no such field.
+        let sha256 = fields.remove("sha256").unwrap_or_default();
         let mut get = |name: &str| take(&mut fields, kind, id, name);
         let size_bytes = get("size_bytes")?;
         let width = get("width")?;
@@ -280,6 +354,7 @@ impl ImageRecord {
         let update_ms = get("update_ms")?;
         Ok(Some(Self {
             id: id.to_owned(),
+            sha256,
             product_id: get("product_id")?,
             storage_key: get("storage_key")?,
             content_type: get("content_type")?,
@@ -295,6 +370,7 @@ impl ImageRecord {
         }))
     }
 
+    /// Without URLs: those are added on output (see [`crate::urls`]).
     pub fn to_proto(&self) -> pb::Image {
         pb::Image {
             id: self.id.clone(),
@@ -309,6 +385,8 @@ impl ImageRecord {
             variants: self.variants.iter().map(Variant::to_proto).collect(),
             create_time: Some(timestamp(self.create_ms)),
             update_time: Some(timestamp(self.update_ms)),
+            sha256: self.sha256.clone(),
+            ..pb::Image::default()
         }
     }
 
@@ -375,6 +453,7 @@ mod tests {
             currency_code: "EUR".into(),
             tags: vec!["kitchen".into(), "blue".into()],
             primary_image_id: String::new(),
+            visibility: Visibility::Draft,
             etag: "e1".into(),
             version: 1,
             create_ms: 1_000,
@@ -389,6 +468,7 @@ mod tests {
             storage_key: "products/p1/originals/i1".into(),
             content_type: "image/jpeg".into(),
             size_bytes: 12345,
+            sha256: "0f".repeat(32),
             width: 4000,
             height: 3000,
             state: ImageState::Processing,
@@ -408,6 +488,7 @@ mod tests {
             format: pb::ImageFormat::Jpeg.into(),
             storage_key: format!("products/p1/thumbnails/i1/{name}.jpg"),
             size_bytes: 100,
+            sha256: String::new(),
         }
     }
 
@@ -431,6 +512,35 @@ mod tests {
         let mut broken = stored(product_fields_without("version"));
         broken.insert("amount_minor".into(), "x".into());
         assert!(ProductRecord::from_fields("p1", broken).is_err());
+    }
+
+    #[test]
+    fn records_stored_before_visibility_and_sha256_still_read() {
+        let mut published = product();
+        published.visibility = Visibility::Published;
+        let back = ProductRecord::from_fields("p1", stored(published.to_fields())).unwrap();
+        assert_eq!(back.unwrap().visibility, Visibility::Published);
+        let old = ProductRecord::from_fields("p1", stored(product_fields_without("visibility")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.visibility, Visibility::Draft);
+        assert_eq!(old.to_proto().visibility(), pb::ProductVisibility::Draft);
+        let mut bad = stored(product().to_fields());
+        bad.insert("visibility".into(), "secret".into());
+        assert!(ProductRecord::from_fields("p1", bad).is_err());
+
+        let mut fields = stored(image().to_fields().unwrap());
+        fields.remove("sha256");
+        // A variant as stored before sha256 existed.
+        fields.insert(
+            "variants".into(),
+            r#"[{"name":"w160","width":160,"height":120,"format":1,"storage_key":"k","size_bytes":9}]"#
+                .into(),
+        );
+        let old = ImageRecord::from_fields("i1", fields).unwrap().unwrap();
+        assert_eq!(old.sha256, "");
+        assert_eq!(old.variants[0].sha256, "");
+        assert_eq!(old.variants[0].size_bytes, 9);
     }
 
     fn product_fields_without(name: &str) -> Vec<(&'static str, String)> {

@@ -27,9 +27,11 @@ pub fn member_id(member: &str) -> Option<&str> {
 /// What a token was issued for: the listing and its filter values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listing<'a> {
+    /// `visibility` is the effective filter (`draft`, `published`; empty = none).
     Products {
         seller_id: &'a str,
         tag: &'a str,
+        visibility: &'a str,
     },
     Images {
         product_id: &'a str,
@@ -45,7 +47,18 @@ impl Listing<'_> {
     /// Filter values are ids or tags, which never contain `|` or `,`.
     fn scope(&self) -> String {
         match self {
-            Listing::Products { seller_id, tag } => format!("p,{seller_id},{tag}"),
+            // Without a visibility filter the scope is what it was before visibility existed,
+            // so tokens handed out then keep working.
+            Listing::Products {
+                seller_id,
+                tag,
+                visibility: "",
+            } => format!("p,{seller_id},{tag}"),
+            Listing::Products {
+                seller_id,
+                tag,
+                visibility,
+            } => format!("p,{seller_id},{tag},{visibility}"),
             Listing::Images { product_id } => format!("i,{product_id}"),
             Listing::ImagesByState { state, before_ms } => format!("s,{state},{before_ms}"),
         }
@@ -118,6 +131,7 @@ mod tests {
         let listing = Listing::Products {
             seller_id: "seller1",
             tag: "red",
+            visibility: "",
         };
         let last = member(42, "01ABC");
         let token = encode(&listing, &last);
@@ -126,8 +140,20 @@ mod tests {
         let other = Listing::Products {
             seller_id: "seller1",
             tag: "",
+            visibility: "",
         };
         assert_eq!(decode(&other, &token), Err(TokenError::Mismatched));
+        let published = Listing::Products {
+            seller_id: "seller1",
+            tag: "red",
+            visibility: "published",
+        };
+        assert_eq!(decode(&published, &token), Err(TokenError::Mismatched));
+        let published_token = encode(&published, &member(42, "01ABC"));
+        assert_eq!(
+            decode(&listing, &published_token),
+            Err(TokenError::Mismatched)
+        );
         let images = Listing::Images { product_id: "p" };
         assert_eq!(decode(&images, &token), Err(TokenError::Mismatched));
     }

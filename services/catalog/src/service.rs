@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use prost::Message;
+use storemesh_image_urls::{self as image_urls, SigningKeys};
 use storemesh_proto::catalog::v1 as pb;
 use storemesh_proto::catalog::v1::watch_product_response::Change;
 use storemesh_runtime::auth::{Authorize, caller};
@@ -22,10 +23,12 @@ use storemesh_tokens::{Identity, Role, scopes};
 use tonic::{Request, Response, Status};
 
 use crate::model::{
-    ImageRecord, ImageState, ProductChanges, ProductRecord, Variant, new_etag, now_ms, timestamp,
+    ImageRecord, ImageState, ProductChanges, ProductRecord, Variant, Visibility, new_etag, now_ms,
+    timestamp,
 };
 use crate::paging::{self, Listing};
 use crate::store::{Commit, Outcome, Store, keys};
+use crate::urls::ImageUrls;
 use crate::validate::{self, check_id, is_id};
 use crate::watch::{EndReason, Hub, Subscription};
 
@@ -34,6 +37,8 @@ use crate::watch::{EndReason, Hub, Subscription};
 const MAX_ATTEMPTS: u32 = 64;
 /// How long a `CreateProduct` request id is remembered.
 const REQUEST_ID_TTL_SECS: u64 = 24 * 3600;
+/// Lifetime of a signed image URL when the request leaves it at 0.
+const DEFAULT_SIGNED_URL_TTL_SECS: u64 = 3600;
 
 /// Stops the background tasks (change feed, clean-up worker) when the service is dropped,
 /// i.e. when its host has stopped.
@@ -51,6 +56,10 @@ pub struct CatalogApi {
     /// Variant names an image needs to be `READY`.
     pub(crate) required_variants: Arc<Vec<String>>,
     pub(crate) watch_buffer: usize,
+    /// Adds URLs to every image on its way out.
+    pub(crate) urls: ImageUrls,
+    /// `SignImageUrl`'s keys; `None` when none are configured.
+    pub(crate) signing_keys: Option<SigningKeys>,
     pub(crate) _background: Arc<BackgroundGuard>,
 }
 
@@ -60,6 +69,16 @@ fn require_reader(identity: &Identity) -> ServiceResult<()> {
         identity.require_scope(scopes::CATALOG_READ)
     } else {
         Ok(())
+    }
+}
+
+/// The storefront reads (`GetProduct`, `ListProducts`) also answer callers without a token
+/// (the auth layer passes them on with no identity): whether this caller is one. A caller with
+/// a token is a reader as for every other read.
+fn storefront_caller_is_anonymous<T>(request: &Request<T>) -> ServiceResult<bool> {
+    match request.extensions().get::<Identity>() {
+        Some(identity) => require_reader(identity).map(|()| false),
+        None => Ok(true),
     }
 }
 
@@ -108,19 +127,6 @@ fn change(change: Change, time_ms: i64) -> Vec<u8> {
         time: Some(timestamp(time_ms)),
     }
     .encode_to_vec()
-}
-
-/// Index updates for a product whose tags change from `old` to `new`.
-fn retag(commit: &mut Commit, product: &ProductRecord, old: &[String], new: &[String]) {
-    let member = paging::member(product.create_ms, &product.id);
-    for tag in old.iter().filter(|tag| !new.contains(tag)) {
-        commit.index_remove(keys::tag_products(tag), &member);
-        commit.index_remove(keys::seller_tag_products(&product.seller_id, tag), &member);
-    }
-    for tag in new.iter().filter(|tag| !old.contains(tag)) {
-        commit.index_add(keys::tag_products(tag), &member);
-        commit.index_add(keys::seller_tag_products(&product.seller_id, tag), &member);
-    }
 }
 
 /// Moves an image between the per-state indexes `ListImages` reads: out of the old record's
@@ -241,7 +247,7 @@ impl CatalogApi {
             }
             let next = current.updated(changes, now_ms(), new_etag());
             commit.put_hash(keys::product(id), next.to_fields());
-            retag(&mut commit, &current, &current.tags, &next.tags);
+            commit.relist(Some(&current), Some(&next));
             commit.publish(
                 id,
                 change(Change::ProductUpdated(next.to_proto()), next.update_ms),
@@ -266,12 +272,16 @@ struct WatchState {
     last_change: u64,
     sequence: u64,
     finished: bool,
+    urls: ImageUrls,
 }
 
 impl WatchState {
+    /// Numbers `message` for this stream and adds image URLs (changes are published without
+    /// them: they are output-only, see [`crate::urls`]).
     fn numbered(&mut self, mut message: pb::WatchProductResponse) -> pb::WatchProductResponse {
         self.sequence += 1;
         message.sequence = self.sequence;
+        self.urls.decorate_change(&mut message);
         message
     }
 
@@ -376,6 +386,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             currency_code: price.currency_code,
             tags,
             primary_image_id: String::new(),
+            visibility: Visibility::Draft,
             etag: new_etag(),
             version: 1,
             create_ms: now,
@@ -389,10 +400,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             commit.set_with_ttl(key, REQUEST_ID_TTL_SECS, &product.id);
         }
         commit.put_hash(keys::product(&product.id), product.to_fields());
-        let member = paging::member(product.create_ms, &product.id);
-        for index in keys::product_indexes(&product.seller_id, &product.tags) {
-            commit.index_add(index, &member);
-        }
+        commit.relist(None, Some(&product));
         match self.store.commit(commit).await? {
             Outcome::Committed => {}
             Outcome::Refused(tag) if tag == "request" => {
@@ -421,7 +429,8 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         &self,
         request: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::GetProductResponse>, Status> {
-        require_reader(caller(&request)?)?;
+        // A storefront read: callers without a token see published products only.
+        let anonymous = storefront_caller_is_anonymous(&request)?;
         let id = request.into_inner().id;
         let mut violations = Violations::new();
         check_id(&mut violations, "id", &id);
@@ -430,6 +439,8 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             .store
             .product(&id)
             .await?
+            // The same answer as for a missing product, so a draft's existence stays hidden.
+            .filter(|product| !anonymous || product.is_published())
             .ok_or_else(|| product_not_found(&id))?;
         Ok(Response::new(pb::GetProductResponse {
             product: Some(product.to_proto()),
@@ -440,8 +451,16 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         &self,
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
-        require_reader(caller(&request)?)?;
+        // A storefront read: callers without a token list published products only.
+        let anonymous = storefront_caller_is_anonymous(&request)?;
         let request = request.into_inner();
+        let requested = pb::ProductVisibility::try_from(request.visibility);
+        if anonymous && requested == Ok(pb::ProductVisibility::Draft) {
+            return Err(ServiceError::Unauthenticated(
+                "listing draft products requires a bearer access token".into(),
+            )
+            .into());
+        }
         let mut violations = Violations::new();
         let page_size = validate::page_size(&mut violations, request.page_size);
         if !request.seller_id.is_empty() && !is_id(&request.seller_id) {
@@ -450,9 +469,22 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         if !request.tag.is_empty() && !validate::is_slug(&request.tag, validate::MAX_TAG_CHARS) {
             violations.add("tag", "must be 1 to 32 characters of [a-z0-9-]");
         }
+        if requested.is_err() {
+            violations.add(
+                "visibility",
+                "must be PRODUCT_VISIBILITY_DRAFT, PRODUCT_VISIBILITY_PUBLISHED or unset",
+            );
+        }
+        let visibility = match Visibility::from_proto(request.visibility) {
+            None if anonymous => Some(Visibility::Published),
+            filter => filter,
+        };
+        // Tokens are bound to the effective filter: an anonymous listing's token does not
+        // continue a signed-in one, which lists more.
         let listing = Listing::Products {
             seller_id: &request.seller_id,
             tag: &request.tag,
+            visibility: visibility.map_or("", Visibility::as_str),
         };
         let after = match paging::decode(&listing, &request.page_token) {
             Ok(after) => after,
@@ -463,21 +495,49 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         };
         violations.into_result()?;
         let index = keys::product_index(&request.seller_id, &request.tag);
-        let (members, more) = self
-            .store
-            .range(&index, after.as_deref(), page_size)
-            .await?;
+        let (members, next) = match visibility {
+            None => {
+                let (members, more) = self
+                    .store
+                    .range(&index, after.as_deref(), page_size)
+                    .await?;
+                let next = members.last().filter(|_| more).cloned();
+                (members, next)
+            }
+            // Read from the published indexes alone: drafts are never stepped over.
+            Some(Visibility::Published) => {
+                let (members, more) = self
+                    .store
+                    .range(&keys::published(&index), after.as_deref(), page_size)
+                    .await?;
+                let next = members.last().filter(|_| more).cloned();
+                (members, next)
+            }
+            Some(Visibility::Draft) => {
+                self.store
+                    .range_drafts(&index, after.as_deref(), page_size)
+                    .await?
+            }
+        };
         let ids: Vec<&str> = members
             .iter()
             .filter_map(|m| paging::member_id(m))
             .collect();
-        let products = self.store.products(&ids).await?;
-        let next_page_token = match (more, members.last()) {
-            (true, Some(last)) => paging::encode(&listing, last),
-            _ => String::new(),
-        };
+        // A product whose visibility changed between the index read and now is left out, so
+        // an anonymous caller never sees a product just turned back into a draft.
+        let products: Vec<pb::Product> = self
+            .store
+            .products(&ids)
+            .await?
+            .iter()
+            .filter(|product| visibility.is_none_or(|wanted| product.visibility == wanted))
+            .map(ProductRecord::to_proto)
+            .collect();
+        let next_page_token = next
+            .map(|last| paging::encode(&listing, &last))
+            .unwrap_or_default();
         Ok(Response::new(pb::ListProductsResponse {
-            products: products.iter().map(ProductRecord::to_proto).collect(),
+            products,
             next_page_token,
         }))
     }
@@ -498,7 +558,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         if paths.is_empty() {
             violations.add(
                 "update_mask",
-                "must name at least one of: title, description, price, tags, primary_image_id",
+                "must name at least one of: title, description, price, tags, primary_image_id, visibility",
             );
         }
         let mut seen: Vec<String> = Vec::with_capacity(paths.len());
@@ -542,6 +602,13 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                     }
                     changes.primary_image_id = Some(product.primary_image_id.clone());
                 }
+                "visibility" => match Visibility::from_proto(product.visibility) {
+                    Some(visibility) => changes.visibility = Some(visibility),
+                    None => violations.add(
+                        "product.visibility",
+                        "must be PRODUCT_VISIBILITY_DRAFT or PRODUCT_VISIBILITY_PUBLISHED",
+                    ),
+                },
                 other => violations.add(
                     "update_mask",
                     format!(
@@ -596,10 +663,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             );
             commit.delete(keys::product(&id));
             commit.delete(keys::product_images(&id));
-            let member = paging::member(product.create_ms, &id);
-            for index in keys::product_indexes(&product.seller_id, &product.tags) {
-                commit.index_remove(index, &member);
-            }
+            commit.relist(Some(product), None);
             for image in &snapshot.images {
                 reindex(&mut commit, Some(image), None);
                 commit.delete(keys::image(&image.id));
@@ -641,6 +705,9 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         if request.size_bytes == 0 {
             violations.add("size_bytes", "must be 1 or more");
         }
+        if let Some(problem) = validate::sha256_problem(&request.sha256) {
+            violations.add("sha256", problem);
+        }
         violations.into_result()?;
         let (product_id, image_id) = (&request.product_id, &request.image_id);
         for attempt in 0..MAX_ATTEMPTS {
@@ -654,7 +721,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 if existing.product_id == *product_id && existing.storage_key == request.storage_key
                 {
                     return Ok(Response::new(pb::AttachImageResponse {
-                        image: Some(existing.to_proto()),
+                        image: Some(self.urls.image(&existing)),
                     }));
                 }
                 return Err(ServiceError::AlreadyExists(format!(
@@ -669,6 +736,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 storage_key: request.storage_key.clone(),
                 content_type: request.content_type.clone(),
                 size_bytes: request.size_bytes,
+                sha256: request.sha256.clone(),
                 width: request.width,
                 height: request.height,
                 state: ImageState::Processing,
@@ -700,7 +768,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                 Outcome::Committed => {
                     tracing::info!(product = %product_id, image = %image_id, "image attached");
                     return Ok(Response::new(pb::AttachImageResponse {
-                        image: Some(image.to_proto()),
+                        image: Some(self.urls.image(&image)),
                     }));
                 }
                 Outcome::Refused(tag) if tag == "full" => {
@@ -740,7 +808,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             if seen {
                 // A redelivered event: already applied.
                 return Ok(Response::new(pb::RecordVariantResponse {
-                    image: Some(image.to_proto()),
+                    image: Some(self.urls.image(&image)),
                 }));
             }
             if image.state == ImageState::Failed {
@@ -791,7 +859,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
                     "variant recorded"
                 );
                 return Ok(Response::new(pb::RecordVariantResponse {
-                    image: Some(result.to_proto()),
+                    image: Some(self.urls.image(&result)),
                 }));
             }
         }
@@ -827,7 +895,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             match image.state {
                 ImageState::Failed => {
                     return Ok(Response::new(pb::MarkImageFailedResponse {
-                        image: Some(image.to_proto()),
+                        image: Some(self.urls.image(&image)),
                     }));
                 }
                 ImageState::Ready => {
@@ -880,7 +948,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             if self.store.commit(commit).await? == Outcome::Committed {
                 tracing::info!(image = %image_id, event = %request.event_id, "image marked failed");
                 return Ok(Response::new(pb::MarkImageFailedResponse {
-                    image: Some(failed.to_proto()),
+                    image: Some(self.urls.image(&failed)),
                 }));
             }
         }
@@ -902,7 +970,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             .await?
             .ok_or_else(|| image_not_found(&image_id))?;
         Ok(Response::new(pb::GetImageResponse {
-            image: Some(image.to_proto()),
+            image: Some(self.urls.image(&image)),
         }))
     }
 
@@ -950,7 +1018,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListProductImagesResponse {
-            images: images.iter().map(ImageRecord::to_proto).collect(),
+            images: images.iter().map(|image| self.urls.image(image)).collect(),
             next_page_token,
         }))
     }
@@ -1024,7 +1092,7 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             .await?
             .iter()
             .filter(|image| Some(image.state) == state)
-            .map(ImageRecord::to_proto)
+            .map(|image| self.urls.image(image))
             .collect();
         let next_page_token = match (more, members.last()) {
             (true, Some(last)) => paging::encode(&listing, last),
@@ -1171,11 +1239,92 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             last_change: snapshot.changes,
             sequence: 0,
             finished: false,
+            urls: self.urls.clone(),
         };
         let stream = futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await?;
             Some((item, state))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn sign_image_url(
+        &self,
+        request: Request<pb::SignImageUrlRequest>,
+    ) -> Result<Response<pb::SignImageUrlResponse>, Status> {
+        let identity = caller(&request)?.clone();
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_id(&mut violations, "image_id", &request.image_id);
+        if !request.variant.is_empty()
+            && !validate::is_slug(&request.variant, validate::MAX_VARIANT_NAME_CHARS)
+        {
+            violations.add(
+                "variant",
+                "must be empty (the original) or 1 to 32 characters of [a-z0-9-]",
+            );
+        }
+        let ttl = match u64::from(request.ttl_seconds) {
+            0 => DEFAULT_SIGNED_URL_TTL_SECS,
+            ttl if ttl > image_urls::MAX_TTL_SECS => {
+                violations.add("ttl_seconds", "must be at most 604800 (7 days)");
+                ttl
+            }
+            ttl => ttl,
+        };
+        violations.into_result()?;
+        let image_id = &request.image_id;
+        let image = self
+            .store
+            .image(image_id)
+            .await?
+            .ok_or_else(|| image_not_found(image_id))?;
+        // An image whose product is gone is being deleted with it.
+        let product = self
+            .store
+            .product(&image.product_id)
+            .await?
+            .ok_or_else(|| image_not_found(image_id))?;
+        identity.require_owner_or_admin(&product.seller_id)?;
+        let Some(keys) = &self.signing_keys else {
+            return Err(ServiceError::FailedPrecondition(
+                "no image URL signing key is configured".into(),
+            )
+            .into());
+        };
+        let path = if request.variant.is_empty() {
+            image_urls::original_path(image_id)
+        } else {
+            let variant = image
+                .variants
+                .iter()
+                .find(|variant| variant.name == request.variant)
+                .ok_or_else(|| {
+                    ServiceError::NotFound(format!(
+                        "variant {} of image {image_id}",
+                        request.variant
+                    ))
+                })?;
+            let extension = validate::format_extension(variant.format).ok_or_else(|| {
+                ServiceError::internal(format!(
+                    "stored variant {} of image {image_id} has an unknown format",
+                    variant.name
+                ))
+            })?;
+            image_urls::variant_path(image_id, &variant.name, extension)
+        };
+        let now_secs = u64::try_from(now_ms() / 1000).unwrap_or_default();
+        let expires = now_secs.saturating_add(ttl);
+        let url_path = keys.sign(&path, expires);
+        // The URL itself is a credential: logged without its signature.
+        tracing::info!(image = %image_id, path = %path, expires, by = %identity.subject, "image URL signed");
+        Ok(Response::new(pb::SignImageUrlResponse {
+            url: self.urls.absolute(&url_path),
+            url_path,
+            expire_time: Some(prost_types::Timestamp {
+                seconds: i64::try_from(expires).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+        }))
     }
 }

@@ -4,16 +4,17 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `catalog:product:{id}` | hash | `seller_id`, `title`, `description`, `amount_minor`, `currency_code`, `tags` (space-separated), `primary_image_id`, `etag`, `version`, `create_ms`, `update_ms` |
+//! | `catalog:product:{id}` | hash | `seller_id`, `title`, `description`, `amount_minor`, `currency_code`, `tags` (space-separated), `primary_image_id`, `visibility` (`draft` or `published`; missing = `draft`), `etag`, `version`, `create_ms`, `update_ms` |
 //! | `catalog:product:{id}:images` | sorted set | the product's images, member `{create_ms:016}:{image_id}` |
 //! | `catalog:product:{id}:changes` | string | change counter of the product and its images (see [`crate::watch`]) |
-//! | `catalog:image:{id}` | hash | `product_id`, `storage_key`, `content_type`, `size_bytes`, `width`, `height`, `state`, `failure_reason`, `variants` (JSON list), `rev`, `create_ms`, `update_ms` |
+//! | `catalog:image:{id}` | hash | `product_id`, `storage_key`, `content_type`, `size_bytes`, `sha256` (missing = empty), `width`, `height`, `state`, `failure_reason`, `variants` (JSON list; each variant's `sha256` omitted when empty), `rev`, `create_ms`, `update_ms` |
 //! | `catalog:image:{id}:events` | set | event ids `RecordVariant` has applied to the image |
 //! | `catalog:images:{state}` | sorted set | images in `state` (`processing`, `ready`, `failed`), member `{update_ms:016}:{image_id}`, for `ListImages` |
 //! | `catalog:products` | sorted set | every product, member `{create_ms:016}:{product_id}` |
 //! | `catalog:seller:{seller_id}:products` | sorted set | the seller's products, same members |
 //! | `catalog:tag:{tag}:products` | sorted set | products with the tag, same members |
 //! | `catalog:seller:{seller_id}:tag:{tag}:products` | sorted set | both filters at once, so no listing ever scans |
+//! | `catalog:published:products`, `catalog:published:seller:{seller_id}:products`, `catalog:published:tag:{tag}:products`, `catalog:published:seller:{seller_id}:tag:{tag}:products` | sorted sets | the same four indexes restricted to published products: anonymous listings read only these, so they never see (or step over) a draft |
 //! | `catalog:request:{subject}:{request_id}` | string, 24 h TTL | product created by that `CreateProduct` request id |
 //! | `catalog:cleanup` | stream | storage keys to delete (the clean-up outbox, see [`crate::cleanup`]) |
 //! | `catalog:watch:{product_id}` | pub/sub channel | `{change_number}:{encoded WatchProductResponse}` |
@@ -22,6 +23,12 @@
 //! time, then id; see [`crate::paging`]; the per-state image sets order by update time). Every
 //! commit that changes an image's state or update time moves its member between the per-state
 //! sets in the same script, so `ListImages` never sees an image in a state it has left.
+//! Likewise every commit that creates, deletes, retags, publishes or unpublishes a product
+//! moves its member in and out of exactly the indexes of its new state
+//! ([`keys::listing_indexes`]). Drafts have no index of their own (products stored before
+//! visibility existed are drafts without ever being written again): a signed-in listing of
+//! drafts walks the unfiltered index inside [`LIST_DRAFTS`], skipping published members, and
+//! examines a bounded number of members per page.
 //!
 //! # Writes
 //!
@@ -87,6 +94,23 @@ pub mod keys {
 
     pub fn request(subject: &str, request_id: &str) -> String {
         format!("catalog:request:{subject}:{request_id}")
+    }
+
+    /// `index` (one of the four product listing indexes) restricted to published products.
+    pub fn published(index: &str) -> String {
+        let rest = index.strip_prefix("catalog:").unwrap_or(index);
+        format!("catalog:published:{rest}")
+    }
+
+    /// Every index `product` is listed in, given its tags and visibility.
+    pub fn listing_indexes(product: &crate::model::ProductRecord) -> Vec<String> {
+        let all = product_indexes(&product.seller_id, &product.tags);
+        if product.is_published() {
+            let published: Vec<String> = all.iter().map(|index| published(index)).collect();
+            all.into_iter().chain(published).collect()
+        } else {
+            all
+        }
     }
 
     pub fn watch_channel(product_id: &str) -> String {
@@ -201,6 +225,33 @@ end
 return out
 ";
 
+/// Up to `ARGV[2]` members of the index `KEYS[1]` after `ARGV[1]` (`-` or `(member`) that are
+/// not in `KEYS[2]` (the published products), examining at most `ARGV[3]` members. Returns
+/// `{last examined member or '', '1' if the index ended else '0', members...}`.
+pub const LIST_DRAFTS: &str = r"
+local start, want, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, last = {}, ''
+while #out < want do
+  if budget <= 0 then return {last, '0', unpack(out)} end
+  local batch = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, math.min(budget, 256))
+  if #batch == 0 then return {last, '1', unpack(out)} end
+  for _, member in ipairs(batch) do
+    budget = budget - 1
+    last = member
+    if not redis.call('ZSCORE', KEYS[2], member) then
+      out[#out + 1] = member
+      if #out == want then break end
+    end
+  end
+  start = '(' .. last
+end
+return {last, '0', unpack(out)}
+";
+
+/// Members a drafts listing examines per page at most (besides the page itself), so a catalog
+/// of mostly published products cannot make one call walk all of it.
+pub const MAX_DRAFT_SCAN: usize = 2_000;
+
 /// Builder of one [`COMMIT`] call.
 #[derive(Debug, Default)]
 pub struct Commit {
@@ -285,6 +336,27 @@ impl Commit {
         self.writes.extend([arg("del"), key]);
     }
 
+    /// Moves a product's listing member from the indexes of `old` to those of `new` (either
+    /// absent: create, delete), touching only the indexes that differ.
+    pub fn relist(
+        &mut self,
+        old: Option<&crate::model::ProductRecord>,
+        new: Option<&crate::model::ProductRecord>,
+    ) {
+        let Some(product) = new.or(old) else {
+            return;
+        };
+        let member = crate::paging::member(product.create_ms, &product.id);
+        let before = old.map(keys::listing_indexes).unwrap_or_default();
+        let after = new.map(keys::listing_indexes).unwrap_or_default();
+        for index in before.iter().filter(|index| !after.contains(index)) {
+            self.index_remove(index.clone(), &member);
+        }
+        for index in after.iter().filter(|index| !before.contains(index)) {
+            self.index_add(index.clone(), &member);
+        }
+    }
+
     pub fn index_add(&mut self, key: String, member: &str) {
         let key = self.key(key);
         self.writes.extend([arg("zadd"), key, arg(member)]);
@@ -344,6 +416,7 @@ pub struct Store {
     redis: ConnectionManager,
     commit: redis::Script,
     snapshot: redis::Script,
+    list_drafts: redis::Script,
 }
 
 fn fields_of(value: redis::Value) -> ServiceResult<HashMap<String, String>> {
@@ -357,6 +430,7 @@ impl Store {
             redis,
             commit: redis::Script::new(COMMIT),
             snapshot: redis::Script::new(SNAPSHOT),
+            list_drafts: redis::Script::new(LIST_DRAFTS),
         }
     }
 
@@ -458,6 +532,42 @@ impl Store {
         let more = members.len() > limit;
         members.truncate(limit);
         Ok((members, more))
+    }
+
+    /// Up to `limit` members of the product listing `index` after `after` whose products are not
+    /// published, and where the next page starts (`None`: this is the last page). The page
+    /// may be short, even empty, when many published products lie in between.
+    pub async fn range_drafts(
+        &self,
+        index: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> ServiceResult<(Vec<String>, Option<String>)> {
+        let start = after.map_or_else(|| "-".to_owned(), |member| format!("({member}"));
+        let reply: Vec<String> = self
+            .list_drafts
+            .key(index)
+            .key(keys::published(keys::PRODUCTS))
+            .arg(start)
+            .arg(limit + 1)
+            .arg(limit + 1 + MAX_DRAFT_SCAN)
+            .invoke_async(&mut self.connection())
+            .await?;
+        let mut reply = reply.into_iter();
+        let (Some(last_examined), Some(ended)) = (reply.next(), reply.next()) else {
+            return Err(ServiceError::internal("unexpected drafts listing reply"));
+        };
+        let mut members: Vec<String> = reply.collect();
+        let next = if members.len() > limit {
+            members.truncate(limit);
+            members.last().cloned()
+        } else if ended == "1" || last_examined.is_empty() {
+            None
+        } else {
+            // Out of budget: continue after the last member looked at.
+            Some(last_examined)
+        };
+        Ok((members, next))
     }
 
     /// Up to `limit` members of the index after `after` and strictly before `before`, and
@@ -612,5 +722,13 @@ mod tests {
         );
         let tags = vec!["red".to_owned()];
         assert_eq!(keys::product_indexes("s", &tags).len(), 4);
+        assert_eq!(
+            keys::published(&keys::product_index("s", "red")),
+            "catalog:published:seller:s:tag:red:products"
+        );
+        assert_eq!(
+            keys::published(keys::PRODUCTS),
+            "catalog:published:products"
+        );
     }
 }

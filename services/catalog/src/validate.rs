@@ -18,7 +18,14 @@ pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
 
 /// The paths `UpdateProduct` accepts in its field mask.
-pub const UPDATABLE_PATHS: &[&str] = &["title", "description", "price", "tags", "primary_image_id"];
+pub const UPDATABLE_PATHS: &[&str] = &[
+    "title",
+    "description",
+    "price",
+    "tags",
+    "primary_image_id",
+    "visibility",
+];
 
 /// Media types accepted for originals.
 pub const CONTENT_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp", "image/gif"];
@@ -208,6 +215,19 @@ pub fn variant(violations: &mut Violations, variant: Option<&pb::ImageVariant>) 
     if variant.storage_key.is_empty() {
         violations.add("variant.storage_key", "must not be empty");
     }
+    if let Some(problem) = sha256_problem(&variant.sha256) {
+        violations.add("variant.sha256", problem);
+    }
+}
+
+/// SHA-256 digests: empty (unknown) or 64 lowercase hexadecimal characters.
+pub fn sha256_problem(digest: &str) -> Option<&'static str> {
+    let valid = digest.is_empty()
+        || (digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    (!valid).then_some("must be empty or 64 lowercase hexadecimal characters")
 }
 
 /// Event ids: 1 to 64 characters without control characters.
@@ -343,6 +363,8 @@ mod tests {
             format: pb::ImageFormat::Jpeg.into(),
             storage_key: "products/p/thumbnails/i/w320.jpg".into(),
             size_bytes: 1000,
+            sha256: "0123456789abcdef".repeat(4),
+            ..Default::default()
         };
         let mut violations = Violations::new();
         variant(&mut violations, Some(&good));
@@ -354,6 +376,8 @@ mod tests {
             format: 0,
             storage_key: String::new(),
             size_bytes: 0,
+            sha256: "0123456789ABCDEF".repeat(4),
+            ..Default::default()
         };
         let mut violations = Violations::new();
         variant(&mut violations, Some(&bad));
@@ -364,11 +388,22 @@ mod tests {
                 "variant.width",
                 "variant.height",
                 "variant.format",
-                "variant.storage_key"
+                "variant.storage_key",
+                "variant.sha256"
             ]
         );
         assert_eq!(format_extension(pb::ImageFormat::Webp.into()), Some("webp"));
         assert_eq!(format_extension(99), None);
+    }
+
+    #[test]
+    fn sha256_digests() {
+        assert_eq!(sha256_problem(""), None);
+        assert_eq!(sha256_problem(&"a1".repeat(32)), None);
+        assert!(sha256_problem(&"A1".repeat(32)).is_some(), "uppercase");
+        assert!(sha256_problem(&"a1".repeat(31)).is_some(), "too short");
+        assert!(sha256_problem(&"g1".repeat(32)).is_some(), "not hex");
+        assert!(sha256_problem(&"é".repeat(32)).is_some());
     }
 
     #[test]

@@ -278,7 +278,7 @@ impl RecordVariantTarget {
 
 /// The `RecordVariant` call a thumbnail's `ObjectCreated` event stands for: the key
 /// `products/{product_id}/thumbnails/{image_id}/{name}.{ext}`, the metadata `variant`, `width`
-/// and `height` written by the thumbnail function, size and content type from the event.
+/// and `height` written by the thumbnail function, size, SHA-256 and content type from the event.
 pub fn record_variant_request(
     event: &events_pb::Event,
 ) -> Result<catalog_pb::RecordVariantRequest, String> {
@@ -329,6 +329,8 @@ pub fn record_variant_request(
             format: format.into(),
             storage_key: created.key.clone(),
             size_bytes: created.size_bytes,
+            sha256: created.sha256.clone(),
+            ..Default::default()
         }),
         event_id: event.id.clone(),
     })
@@ -350,6 +352,7 @@ mod tests {
             data: Some(Data::ObjectCreated(events_pb::ObjectCreated {
                 key: key.into(),
                 size_bytes: 1234,
+                sha256: "ab".repeat(32),
                 content_type: content_type.into(),
                 metadata: metadata
                     .iter()
@@ -377,6 +380,11 @@ mod tests {
         assert_eq!(variant.format(), catalog_pb::ImageFormat::Webp);
         assert_eq!(variant.storage_key, "products/p1/thumbnails/img1/w320.webp");
         assert_eq!(variant.size_bytes, 1234);
+        assert_eq!(
+            variant.sha256,
+            "ab".repeat(32),
+            "the thumbnail's ETag travels along"
+        );
     }
 
     #[test]

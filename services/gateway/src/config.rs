@@ -93,6 +93,13 @@ impl Default for GatewayConfig {
             ]
             .iter()
             .map(|method| format!("/{AUTH_SERVICE}/{method}"))
+            // The storefront reads: anonymous shoppers see published products (the catalog
+            // still verifies a token that is sent).
+            .chain(
+                ["GetProduct", "ListProducts"]
+                    .iter()
+                    .map(|method| format!("/{CATALOG_SERVICE}/{method}")),
+            )
             .collect(),
             rate_limit: GatewayRateLimit::default(),
             tls: None,

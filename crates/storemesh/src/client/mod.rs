@@ -2,6 +2,7 @@
 //! Storemesh. gRPC calls go through the gateway with the shared mesh client (deadlines,
 //! retries of idempotent calls, TLS); uploads stream over HTTP to the upload hook.
 
+mod download;
 mod money;
 mod output;
 mod session;
@@ -84,6 +85,10 @@ pub enum ProductsCommand {
     },
     /// Show one product with its images.
     Get { id: String },
+    /// Make a product visible to anonymous shoppers (storefront listing, public image URLs).
+    Publish { id: String },
+    /// Make a product a draft again (visible to signed-in readers only).
+    Unpublish { id: String },
 }
 
 #[derive(clap::Subcommand)]
@@ -96,6 +101,32 @@ pub enum ImagesCommand {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+    },
+    /// Print the URL of the image's original or of one of its variants.
+    Url {
+        id: String,
+        /// A variant name such as `w320` [default: the original].
+        #[arg(long)]
+        variant: Option<String>,
+        /// A signed URL anyone can fetch until it expires (drafts and originals included; the
+        /// product's seller or an admin only).
+        #[arg(long)]
+        sign: bool,
+        /// Lifetime of a signed URL, seconds (at most 7 days).
+        #[arg(long, default_value_t = 3600, requires = "sign")]
+        ttl: u32,
+    },
+    /// Save the bytes of the image's original or of one of its variants (through the edge's
+    /// `images` function, with a progress bar).
+    Download {
+        id: String,
+        /// A variant name such as `w320` [default: the original].
+        #[arg(long)]
+        variant: Option<String>,
+        /// Where to write [default: `<image id>-<variant or original>.<ext>` here]; `-` for
+        /// standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -332,6 +363,7 @@ impl Client {
                                 page_token: page_token.clone(),
                                 seller_id: seller_id.clone(),
                                 tag: tag.clone().unwrap_or_default(),
+                                ..catalog::ListProductsRequest::default()
                             },
                             token,
                         )?)
@@ -374,8 +406,48 @@ impl Client {
                     .images;
                 output::product(&product, &images, self.opts.json);
             }
+            ProductsCommand::Publish { id } => {
+                let product = self
+                    .set_visibility(&id, catalog::ProductVisibility::Published, token)
+                    .await?;
+                output::product(&product, &[], self.opts.json);
+            }
+            ProductsCommand::Unpublish { id } => {
+                let product = self
+                    .set_visibility(&id, catalog::ProductVisibility::Draft, token)
+                    .await?;
+                output::product(&product, &[], self.opts.json);
+            }
         }
         Ok(())
+    }
+
+    async fn set_visibility(
+        &self,
+        id: &str,
+        visibility: catalog::ProductVisibility,
+        token: Option<&str>,
+    ) -> anyhow::Result<catalog::Product> {
+        self.catalog()
+            .update_product(self.request(
+                catalog::UpdateProductRequest {
+                    product: Some(catalog::Product {
+                        id: id.to_owned(),
+                        visibility: visibility.into(),
+                        ..catalog::Product::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["visibility".to_owned()],
+                    }),
+                    ..catalog::UpdateProductRequest::default()
+                },
+                token,
+            )?)
+            .await
+            .map_err(|status| call_error("changing the product's visibility", &status))?
+            .into_inner()
+            .product
+            .context("UpdateProduct answered without a product")
     }
 
     pub async fn images(&self, command: ImagesCommand) -> anyhow::Result<()> {
@@ -399,6 +471,51 @@ impl Client {
                 if image.state == catalog::ImageState::Failed as i32 {
                     bail!("image {id} FAILED: {}", image.failure_reason);
                 }
+                Ok(())
+            }
+            ImagesCommand::Url {
+                id,
+                variant,
+                sign,
+                ttl,
+            } => {
+                if sign {
+                    let signed = self
+                        .catalog()
+                        .sign_image_url(self.request(
+                            catalog::SignImageUrlRequest {
+                                image_id: id,
+                                variant: variant.unwrap_or_default(),
+                                ttl_seconds: ttl,
+                            },
+                            Some(&session.access_token),
+                        )?)
+                        .await
+                        .map_err(|status| call_error("signing the image URL", &status))?
+                        .into_inner();
+                    output::image_url(&signed.url, signed.expire_time.as_ref(), self.opts.json);
+                } else {
+                    let image = self.get_image(&session, &id).await?;
+                    let url = download::asset_url(&image, variant.as_deref())?;
+                    output::image_url(&url, None, self.opts.json);
+                }
+                Ok(())
+            }
+            ImagesCommand::Download {
+                id,
+                variant,
+                output,
+            } => {
+                let image = self.get_image(&session, &id).await?;
+                let saved = download::run(
+                    &self.opts,
+                    &session,
+                    &image,
+                    variant.as_deref(),
+                    output.as_deref(),
+                )
+                .await?;
+                output::downloaded(&saved, self.opts.json);
                 Ok(())
             }
         }

@@ -90,6 +90,7 @@ fn product_json(product: &catalog::Product) -> Value {
             "display": money::format_minor(price.amount_minor, &price.currency_code),
         })),
         "tags": product.tags,
+        "visibility": visibility_name(product.visibility),
         "primary_image_id": product.primary_image_id,
         "etag": product.etag,
         "create_time": timestamp(product.create_time.as_ref()),
@@ -108,6 +109,9 @@ fn image_json(image: &catalog::Image) -> Value {
         "height": image.height,
         "state": state_name(image.state),
         "failure_reason": image.failure_reason,
+        "sha256": image.sha256,
+        "url": image.url,
+        "srcset": image.srcset,
         "variants": image.variants.iter().map(|variant| json!({
             "name": variant.name,
             "width": variant.width,
@@ -115,6 +119,7 @@ fn image_json(image: &catalog::Image) -> Value {
             "format": format_name(variant.format),
             "storage_key": variant.storage_key,
             "size_bytes": variant.size_bytes,
+            "url": variant.url,
         })).collect::<Vec<_>>(),
         "create_time": timestamp(image.create_time.as_ref()),
         "update_time": timestamp(image.update_time.as_ref()),
@@ -144,6 +149,9 @@ fn image_text(image: &catalog::Image) {
     if !image.failure_reason.is_empty() {
         println!("  failed: {}", image.failure_reason);
     }
+    if !image.url.is_empty() {
+        println!("  original {}", image.url);
+    }
     for variant in &image.variants {
         println!(
             "  {:<6} {}x{}  {}  {} bytes  {}",
@@ -152,7 +160,11 @@ fn image_text(image: &catalog::Image) {
             variant.height,
             format_name(variant.format),
             variant.size_bytes,
-            variant.storage_key
+            if variant.url.is_empty() {
+                &variant.storage_key
+            } else {
+                &variant.url
+            }
         );
     }
 }
@@ -171,9 +183,10 @@ pub fn product(product: &catalog::Product, images: &[catalog::Image], as_json: b
         price_text(product)
     );
     println!(
-        "  seller {}  tags [{}]",
+        "  seller {}  tags [{}]  {}",
         product.seller_id,
-        product.tags.join(", ")
+        product.tags.join(", "),
+        visibility_name(product.visibility)
     );
     if !product.description.is_empty() {
         println!("  {}", product.description);
@@ -204,6 +217,36 @@ pub fn image(image: &catalog::Image, as_json: bool) {
         println!("{}", image_json(image));
     } else {
         image_text(image);
+    }
+}
+
+/// `DRAFT` or `PUBLISHED` (older records without a visibility read as drafts).
+fn visibility_name(visibility: i32) -> &'static str {
+    match catalog::ProductVisibility::try_from(visibility) {
+        Ok(catalog::ProductVisibility::Published) => "PUBLISHED",
+        _ => "DRAFT",
+    }
+}
+
+pub fn image_url(url: &str, expires: Option<&prost_types::Timestamp>, as_json: bool) {
+    if as_json {
+        println!("{}", json!({"url": url, "expire_time": timestamp(expires)}));
+    } else {
+        println!("{url}");
+    }
+}
+
+pub fn downloaded(saved: &super::download::Saved, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"path": saved.path, "bytes": saved.bytes, "content_type": saved.content_type})
+        );
+    } else if saved.path != "-" {
+        eprintln!(
+            "saved {} ({} bytes, {})",
+            saved.path, saved.bytes, saved.content_type
+        );
     }
 }
 

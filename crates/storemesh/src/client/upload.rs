@@ -87,22 +87,7 @@ pub async fn run(opts: &ClientOpts, session: &Session, args: &UploadArgs) -> any
         .connect_timeout(Duration::from_secs(10))
         .build()
         .context("cannot build the HTTP client")?;
-    let progress = ProgressBar::with_draw_target(
-        Some(size),
-        if opts.json {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        },
-    );
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    progress.set_message("uploading");
+    let progress = transfer_progress("uploading", Some(size), !opts.json);
     let mut attempt = 0;
     loop {
         progress.set_position(0);
@@ -134,6 +119,27 @@ pub async fn run(opts: &ClientOpts, session: &Session, args: &UploadArgs) -> any
             }
         }
     }
+}
+
+/// A byte-transfer progress bar on stderr (hidden for `--json` or piped output).
+pub fn transfer_progress(message: &'static str, total: Option<u64>, visible: bool) -> ProgressBar {
+    let progress = ProgressBar::with_draw_target(
+        total,
+        if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    progress.set_message(message);
+    progress
 }
 
 #[allow(clippy::too_many_arguments)]

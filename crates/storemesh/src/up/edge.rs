@@ -231,7 +231,9 @@ impl OwnEdge {
             "    ({} holds the Spin variables: gateway URL, token settings, thumbnail sizes, the",
             env_file.display()
         );
-        println!("     thumbnail service account and the delivery signing secret)");
+        println!(
+            "     thumbnail and images service accounts, the delivery and image URL signing keys)"
+        );
         println!(
             "    deliveries: POST {}/internal/thumbnail; uploads: POST {}/v1/products/<product id>/images",
             self.origin, self.origin

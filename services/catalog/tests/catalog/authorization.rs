@@ -174,6 +174,19 @@ async fn run_all(
         ),
     ));
     codes.push((
+        "SignImageUrl",
+        code(
+            client
+                .sign_image_url(caller.request(pb::SignImageUrlRequest {
+                    image_id: image_id.clone(),
+                    variant: String::new(),
+                    ttl_seconds: 0,
+                }))
+                .await
+                .map(drop),
+        ),
+    ));
+    codes.push((
         "DeleteImage",
         code(
             client
@@ -244,31 +257,38 @@ async fn authorization_matrix() {
             token: Some("not-a-jwt".into()),
         },
     ];
-    use Code::{Ok as OK, PermissionDenied as DENIED, Unauthenticated as UNAUTH};
+    use Code::{
+        NotFound as HIDDEN, Ok as OK, PermissionDenied as DENIED, Unauthenticated as UNAUTH,
+    };
     // Columns: Create, Get, List, GetImage, ListImages, Watch, Update, Attach, SetPrimary,
-    // RecordVariant, MarkFailed, DeleteImage, DeleteProduct.
-    let expected: [[Code; 13]; 9] = [
-        [OK, OK, OK, OK, OK, OK, OK, OK, OK, DENIED, DENIED, OK, OK],
+    // RecordVariant, MarkFailed, SignImageUrl, DeleteImage, DeleteProduct.
+    let expected: [[Code; 14]; 9] = [
         [
-            OK, OK, OK, OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
+            OK, OK, OK, OK, OK, OK, OK, OK, OK, DENIED, DENIED, OK, OK, OK,
+        ],
+        [
+            OK, OK, OK, OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
         ],
         [
             DENIED, OK, OK, OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
-        ],
-        [
-            DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, OK, OK, DENIED,
             DENIED,
         ],
         [
-            DENIED, OK, OK, OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
-        ],
-        [
-            DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
+            DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, OK, OK, DENIED,
             DENIED, DENIED,
         ],
-        [OK, OK, OK, OK, OK, OK, OK, OK, OK, OK, OK, OK, OK],
-        [UNAUTH; 13],
-        [UNAUTH; 13],
+        [
+            DENIED, OK, OK, OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED,
+            DENIED,
+        ],
+        [DENIED; 14],
+        [OK; 14],
+        // Anonymous: the storefront reads answer, but the product is a draft, so it is hidden.
+        [
+            UNAUTH, HIDDEN, OK, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH,
+            UNAUTH, UNAUTH, UNAUTH,
+        ],
+        [UNAUTH; 14],
     ];
     let mut client = harness.client().await;
     let mut mismatches = Vec::new();

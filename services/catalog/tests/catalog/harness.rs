@@ -22,6 +22,8 @@ pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 pub const PASSWORD: &str = "a good long password";
 pub const SECRET: &str = "service-secret-0123456789";
+/// The catalog's image URL signing key in every harness (unless a test removes it).
+pub const SIGNING_KEY: &str = "image-url-signing-key-0123456789";
 
 /// Service accounts in the test auth service, by client id: their scopes.
 pub const SERVICE_ACCOUNTS: &[(&str, &[&str])] = &[
@@ -119,6 +121,7 @@ impl Harness {
                     max_backoff_ms: 200,
                     ..CleanupConfig::default()
                 },
+                image_url_signing_keys: vec![SIGNING_KEY.into()],
                 ..CatalogConfig::default()
             },
             redis: RedisConfig {
@@ -326,6 +329,7 @@ pub fn attach_request(product_id: &str, image_id: &str) -> pb::AttachImageReques
         size_bytes: 123_456,
         width: 4000,
         height: 3000,
+        sha256: String::new(),
     }
 }
 
@@ -353,6 +357,7 @@ pub fn variant(product_id: &str, image_id: &str, size: u32) -> pb::ImageVariant 
         format: pb::ImageFormat::Jpeg.into(),
         storage_key: format!("products/{product_id}/thumbnails/{image_id}/w{size}.jpg"),
         size_bytes: u64::from(size) * 10,
+        ..Default::default()
     }
 }
 

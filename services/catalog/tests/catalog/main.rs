@@ -6,8 +6,10 @@ mod harness;
 
 mod authorization;
 mod cleanup;
+mod image_urls;
 mod images;
 mod list_images;
 mod products;
+mod storefront;
 mod validation;
 mod watch;

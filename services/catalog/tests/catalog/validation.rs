@@ -75,11 +75,15 @@ async fn invalid_input_gets_field_violations() {
                 page_token: "!!!".into(),
                 seller_id: "bad seller".into(),
                 tag: "BAD".into(),
+                visibility: 7,
             },
             token,
         ))
         .await;
-    assert_violations(bad_page, &["page_size", "seller_id", "tag", "page_token"]);
+    assert_violations(
+        bad_page,
+        &["page_size", "seller_id", "tag", "visibility", "page_token"],
+    );
 
     let update = client
         .update_product(bearer(
@@ -129,13 +133,20 @@ async fn invalid_input_gets_field_violations() {
                 size_bytes: 0,
                 width: 0,
                 height: 0,
+                sha256: "AB".repeat(32),
             },
             token,
         ))
         .await;
     assert_violations(
         attach,
-        &["image_id", "storage_key", "content_type", "size_bytes"],
+        &[
+            "image_id",
+            "storage_key",
+            "content_type",
+            "size_bytes",
+            "sha256",
+        ],
     );
 
     let variant = client
@@ -149,6 +160,8 @@ async fn invalid_input_gets_field_violations() {
                     format: pb::ImageFormat::Unspecified.into(),
                     storage_key: String::new(),
                     size_bytes: 1,
+                    sha256: "not a digest".into(),
+                    ..Default::default()
                 }),
                 event_id: "e".repeat(65),
             },
@@ -163,6 +176,7 @@ async fn invalid_input_gets_field_violations() {
             "variant.width",
             "variant.format",
             "variant.storage_key",
+            "variant.sha256",
             "event_id",
         ],
     );

@@ -66,6 +66,7 @@ async fn attach_image(mesh: &Mesh, product_id: &str, image_id: &str) {
                 size_bytes: PNG.len() as u64,
                 width: 0,
                 height: 0,
+                sha256: String::new(),
             },
             &admin,
         ))
