@@ -159,3 +159,47 @@ pub async fn request_cut_short(
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
     parse(&raw)
 }
+
+impl Answer {
+    /// Fails with the whole answer when the status differs.
+    pub fn expect_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "answer: {} {:?} {}",
+            self.status,
+            self.headers,
+            self.text()
+        );
+    }
+
+    /// A JSON error body of the edge functions (`{"error":{"status","code","message"}}`) with
+    /// this status and code.
+    pub fn expect_error(&self, status: u16, code: &str) {
+        self.expect_status(status);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{}",
+            self.text()
+        );
+        let body = self.json();
+        assert_eq!(
+            body["error"]["status"],
+            serde_json::Value::from(status),
+            "{body}"
+        );
+        assert_eq!(
+            body["error"]["code"],
+            serde_json::Value::from(code),
+            "{body}"
+        );
+        assert!(
+            !body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{body}"
+        );
+    }
+}

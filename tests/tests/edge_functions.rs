@@ -18,37 +18,12 @@ fn upload_path(product_id: &str) -> String {
     format!("/v1/products/{product_id}/images")
 }
 
-/// Fails with the whole answer when the status differs.
 fn expect_status(answer: &Answer, status: u16) {
-    assert_eq!(
-        answer.status,
-        status,
-        "answer: {} {:?} {}",
-        answer.status,
-        answer.headers,
-        answer.text()
-    );
+    answer.expect_status(status);
 }
 
-/// A JSON error body with this status and code.
 fn expect_error(answer: &Answer, status: u16, code: &str) {
-    expect_status(answer, status);
-    assert_eq!(
-        answer.header("content-type"),
-        Some("application/json"),
-        "{}",
-        answer.text()
-    );
-    let body = answer.json();
-    assert_eq!(body["error"]["status"], Value::from(status), "{body}");
-    assert_eq!(body["error"]["code"], Value::from(code), "{body}");
-    assert!(
-        !body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty(),
-        "{body}"
-    );
+    answer.expect_error(status, code);
 }
 
 /// Downloads an object with the admin token.

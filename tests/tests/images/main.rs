@@ -13,7 +13,6 @@
 mod pictures;
 
 use prost_types::FieldMask;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use storemesh_proto::catalog::v1 as catalog_pb;
 use storemesh_proto::events::v1 as events_pb;
@@ -43,27 +42,15 @@ async fn seller(system: &System, email: &str) -> Seller {
     Seller { token }
 }
 
-/// Fails with the whole answer when the status differs.
 fn expect_status(answer: &Answer, status: u16) {
-    assert_eq!(
-        answer.status,
-        status,
-        "answer: {} {:?} {}",
-        answer.status,
-        answer.headers,
-        answer.text()
-    );
+    answer.expect_status(status);
 }
 
 /// A JSON error body with this status and code, never cached.
 fn expect_error(answer: &Answer, status: u16, code: &str) {
-    expect_status(answer, status);
-    assert_eq!(answer.header("content-type"), Some("application/json"));
+    answer.expect_error(status, code);
     assert_eq!(answer.header("cache-control"), Some("no-store"));
     assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
-    let body = answer.json();
-    assert_eq!(body["error"]["status"], Value::from(status), "{body}");
-    assert_eq!(body["error"]["code"], Value::from(code), "{body}");
 }
 
 /// Downloads an object with the admin token (what storage holds).
