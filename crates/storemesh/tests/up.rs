@@ -125,6 +125,15 @@ async fn up_runs_the_system_and_stops_it_cleanly() {
             "STOREMESH_AUTH__SERVER__ADMIN_LISTEN",
             format!("127.0.0.1:{admin_port}"),
         ),
+        // Every port is a free one: a local `storemesh up` on the defaults must not matter.
+        (
+            "STOREMESH_DISPATCHER__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_DISPATCHER__SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
     ];
     let mut up = Up::start(data.path(), &envs, redis_port);
     up.wait_for("Storemesh is up.", Duration::from_secs(90));
@@ -294,6 +303,14 @@ fn up_fails_fast_when_a_port_is_taken() {
         ),
         (
             "STOREMESH_EDGE__ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_DISPATCHER__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        ),
+        (
+            "STOREMESH_DISPATCHER__SERVER__ADMIN_LISTEN",
             format!("127.0.0.1:{}", free_port().unwrap()),
         ),
     ];
