@@ -692,6 +692,21 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         edge_origin.as_deref(),
     )?);
     cross_env.extend(catalog_env(&loader, &data_dir, edge_origin.as_deref())?);
+    // Pages served by the edge call the gateway from the edge's origin (gRPC-Web from the
+    // browser).
+    if let Some(origin) = &edge_origin
+        && !loader.is_set("gateway.cors.allowed_origins")
+    {
+        let mut origins = vec![origin.clone()];
+        if let Some(port) = origin.strip_prefix("http://127.0.0.1:") {
+            origins.push(format!("http://localhost:{port}"));
+        }
+        let quoted: Vec<String> = origins.iter().map(|o| format!("\"{o}\"")).collect();
+        cross_env.push((
+            "STOREMESH_GATEWAY__CORS__ALLOWED_ORIGINS".into(),
+            format!("[{}]", quoted.join(", ")),
+        ));
+    }
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
     for (service, upstream) in [
         (Service::Auth, "auth"),

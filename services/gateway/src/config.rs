@@ -30,6 +30,63 @@ pub struct GatewayConfig {
     /// Serve TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext. `storemesh gateway
     /// dev-cert` makes local development certificates.
     pub tls: Option<ListenerTls>,
+    /// Browsers calling with gRPC-Web from other origins (the web console and storefront).
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin calls from browsers: only the listed origins get CORS headers; every other
+/// origin gets none (the browser then refuses the answer). No `*`, and no credentials
+/// (cookies): callers authenticate with the `authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins, `scheme://host[:port]` (default: the local edge of `storemesh up`).
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec![
+                "http://127.0.0.1:3000".into(),
+                "http://localhost:3000".into(),
+            ],
+            max_age_secs: 600,
+        }
+    }
+}
+
+impl CorsConfig {
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        for (index, origin) in self.allowed_origins.iter().enumerate() {
+            let invalid = |message: &str| ConfigError::Invalid {
+                key: format!("{section}.allowed_origins[{index}]"),
+                message: format!("{origin:?} {message}"),
+            };
+            if origin == "*" {
+                return Err(invalid("is not allowed: list the origins"));
+            }
+            let Some((scheme, authority)) = origin.split_once("://") else {
+                return Err(invalid("is not an origin (scheme://host[:port])"));
+            };
+            if !matches!(scheme, "http" | "https")
+                || authority.is_empty()
+                || authority.contains(['/', '?', '#', '@', ' '])
+                || authority.parse::<http::uri::Authority>().is_err()
+            {
+                return Err(invalid("is not an origin (scheme://host[:port])"));
+            }
+        }
+        if self.max_age_secs > 86_400 {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.max_age_secs"),
+                message: "must be at most 86400".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +160,7 @@ impl Default for GatewayConfig {
             .collect(),
             rate_limit: GatewayRateLimit::default(),
             tls: None,
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -133,6 +191,7 @@ impl Validate for GatewayConfig {
 
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         self.server.validate(&format!("{section}.server"))?;
+        self.cors.validate(&format!("{section}.cors"))?;
         for (name, upstream) in &self.upstreams {
             upstream.validate(&format!("{section}.upstreams.{name}"))?;
         }
@@ -166,5 +225,39 @@ impl Validate for GatewayConfig {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let load = |toml: &str| {
+            storemesh_runtime::ConfigLoader::from_toml_str(toml).section::<GatewayConfig>("gateway")
+        };
+        let config = load("").unwrap();
+        assert_eq!(
+            config.cors.allowed_origins,
+            ["http://127.0.0.1:3000", "http://localhost:3000"]
+        );
+        assert!(load("[gateway.cors]\nallowed_origins = [\"https://shop.example.com\"]\n").is_ok());
+        for bad in [
+            "*",
+            "shop.example.com",
+            "https://shop.example.com/app",
+            "ftp://x",
+            "https://",
+        ] {
+            let error = load(&format!("[gateway.cors]\nallowed_origins = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("gateway.cors.allowed_origins[0]"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -153,6 +153,59 @@ pub async fn build(
     })
 }
 
+/// What a browser's gRPC-Web call sends and may read (Connect-ES / grpc-web clients). Only the
+/// configured origins are answered with CORS headers; origins were validated at start.
+fn cors_layer(config: &config::CorsConfig) -> tower_http::cors::CorsLayer {
+    use http::header::HeaderName;
+    let origins: Vec<http::HeaderValue> = config
+        .allowed_origins
+        .iter()
+        .filter_map(|origin| http::HeaderValue::from_str(origin).ok())
+        .collect();
+    let names = |names: &[&'static str]| -> Vec<HeaderName> {
+        names
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect()
+    };
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(names(&[
+            "content-type",
+            "x-grpc-web",
+            "x-user-agent",
+            "authorization",
+            "grpc-timeout",
+            "idempotency-key",
+            "connect-protocol-version",
+            "connect-timeout-ms",
+        ]))
+        .expose_headers(names(&[
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            "retry-after",
+            "x-request-id",
+        ]))
+        .max_age(Duration::from_secs(config.max_age_secs))
+}
+
+fn without_cors_for_unlisted_origins<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    if !headers.contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        for name in [
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+    }
+    response
+}
+
 impl BoundGateway {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -190,6 +243,11 @@ impl BoundGateway {
         );
 
         let layers = tower::ServiceBuilder::new()
+            // Outermost: a browser's preflight is answered before anything else sees it, and an
+            // origin that is not listed gets no CORS header at all (tower-http would still send
+            // the exposed and allowed lists without `access-control-allow-origin`).
+            .map_response(without_cors_for_unlisted_origins)
+            .layer(cors_layer(&self.config.cors))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(tonic_web::GrpcWebLayer::new())

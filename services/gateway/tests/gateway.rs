@@ -296,6 +296,127 @@ async fn grpc_web_clients_go_through_the_gateway() {
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
 }
 
+/// Browsers on a listed origin may call the mesh with gRPC-Web (preflight and real calls get
+/// CORS headers naming that origin, the gRPC trailers exposed); any other origin gets no CORS
+/// headers at all, so a browser refuses the answer.
+#[tokio::test]
+async fn cors_answers_listed_origins_only() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    const CONSOLE: &str = "http://console.example:8080";
+    let mesh = mesh(|config| {
+        config.cors.allowed_origins = vec![CONSOLE.into()];
+    })
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let url = format!(
+        "http://{}/storemesh.auth.v1.AuthService/GetPublicKeys",
+        mesh.gateway
+    );
+    let preflight = |origin: &'static str| {
+        http::Request::builder()
+            .method("OPTIONS")
+            .uri(&url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-grpc-web,x-user-agent,authorization,grpc-timeout",
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let answer = client.request(preflight(CONSOLE)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let headers = answer.headers();
+    assert_eq!(headers["access-control-allow-origin"], CONSOLE);
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    for name in [
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "authorization",
+        "grpc-timeout",
+        "idempotency-key",
+    ] {
+        assert!(allowed.contains(name), "{name} in {allowed}");
+    }
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(headers["access-control-max-age"], "600");
+    assert!(headers.get("access-control-allow-credentials").is_none());
+    let answer = client
+        .request(preflight("http://evil.example"))
+        .await
+        .unwrap();
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        answer.headers()
+    );
+
+    let message = pb::GetPublicKeysRequest {}.encode_to_vec();
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).unwrap());
+    frame.put_slice(&message);
+    let frame = frame.freeze();
+    let call = |origin: &'static str| {
+        http::Request::post(&url)
+            .header("origin", origin)
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(Full::new(frame.clone()))
+            .unwrap()
+    };
+    let answer = client.request(call(CONSOLE)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["access-control-allow-origin"], CONSOLE);
+    let exposed = answer.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for name in [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "retry-after",
+        "x-request-id",
+    ] {
+        assert!(exposed.contains(name), "{name} in {exposed}");
+    }
+    assert!(
+        !answer
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    let answer = client.request(call("http://evil.example")).await.unwrap();
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert!(
+        answer
+            .headers()
+            .get("access-control-expose-headers")
+            .is_none()
+    );
+}
+
 #[tokio::test]
 async fn address_rate_limit_trips_with_retry_after() {
     let mesh = mesh(|config| {
