@@ -11,6 +11,18 @@
 # Needs BuildKit (the default builder of Docker 23+) for the cache mounts.
 
 ARG RUST_VERSION=1.95
+ARG NODE_VERSION=20
+
+# The web front end (seller console and storefront) that the `web` component serves: npm
+# packages as package-lock.json pins them, TypeScript clients generated from proto/, Vite.
+FROM node:${NODE_VERSION}-bookworm-slim AS web
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY proto /src/proto
+COPY buf.yaml /src/buf.yaml
+COPY web ./
+RUN npm run build
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
@@ -28,13 +40,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/edge-functions/target,sharing=locked \
     cargo build --locked --release -p storemesh --bin storemesh \
  && cargo build --locked --release --target wasm32-wasip2 \
-      --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail -p images \
+      --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail -p images -p web \
  && mkdir -p /out/bin /out/app/edge-functions/target/wasm32-wasip2/release \
       /out/app/data/auth/keys /out/app/data/edge/cache /out/app/data/storage/objects \
  && cp target/release/storemesh /out/bin/storemesh \
  && cp edge-functions/target/wasm32-wasip2/release/upload_hook.wasm \
       edge-functions/target/wasm32-wasip2/release/thumbnail.wasm \
       edge-functions/target/wasm32-wasip2/release/images.wasm \
+      edge-functions/target/wasm32-wasip2/release/web.wasm \
       /out/app/edge-functions/target/wasm32-wasip2/release/ \
  && cp spin.toml /out/app/spin.toml
 
@@ -47,6 +60,8 @@ COPY --from=build /out/bin/storemesh /usr/local/bin/storemesh
 # writable data directories owned by the runtime user, so named volumes mounted there start
 # with the right owner.
 COPY --from=build --chown=65532:65532 /out/app /app
+# The site the `web` component mounts read-only at `/` (spin.toml: web/dist).
+COPY --from=web /src/web/dist /app/web/dist
 WORKDIR /app
 USER 65532:65532
 # Inside a container every listener binds all interfaces; the admin ports too, for probes and

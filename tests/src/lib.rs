@@ -85,7 +85,7 @@ pub const USER_PASSWORD: &str = "a good long password";
 /// The storage events stream.
 pub const EVENTS_STREAM: &str = "storage:events";
 /// The command that builds the edge functions (and the runtime's fixtures) for the tests.
-pub const EDGE_BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip2 --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail -p images";
+pub const EDGE_BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip2 --manifest-path edge-functions/Cargo.toml -p upload-hook -p thumbnail -p images -p web";
 
 /// The repository root (where `spin.toml` lives).
 pub fn repo_root() -> PathBuf {
@@ -871,7 +871,35 @@ pub fn linked_manifest(edit: Option<fn(&str) -> String>) -> (tempfile::TempDir, 
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(built, link).unwrap();
     }
+    // The directories `files` mounts (the web front end's `web/dist`): linked when built, else
+    // empty, so the runtime (which requires them) starts either way.
+    for source in manifest_files_sources(&text) {
+        let link = dir.path().join(&source);
+        let real = repo_root().join(&source);
+        if link.exists() {
+            continue;
+        }
+        if real.is_dir() {
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(real, link).unwrap();
+        } else {
+            std::fs::create_dir_all(link).unwrap();
+        }
+    }
     (dir, linked)
+}
+
+/// The relative `source`s of a manifest's `files = [{ source = "...", ... }]` lines.
+fn manifest_files_sources(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|line| line.trim_start().starts_with("files"))
+        .flat_map(|line| line.split("source").skip(1))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|source| !source.is_empty() && !source.starts_with('/'))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn manifest_sources(text: &str) -> Vec<String> {

@@ -370,10 +370,10 @@ fn function_variables(
         ));
     }
     if let Some(gateway) = gateway {
-        variables.push((
-            "gateway_url".to_owned(),
-            format!("http://{}", loopback_if_unspecified(gateway)),
-        ));
+        let url = format!("http://{}", loopback_if_unspecified(gateway));
+        // The web front end's gRPC-Web calls go from the browser to the same gateway.
+        variables.push(("public_gateway_url".to_owned(), url.clone()));
+        variables.push(("gateway_url".to_owned(), url));
     }
     variables.retain(|(name, _)| !loader.is_set(&format!("edge.variables.{name}")));
     Ok(variables)
@@ -786,6 +786,8 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
         .find(|(service, _)| *service == Service::Edge)
     {
         let edge = loopback_if_unspecified(edge.listen);
+        println!("  console: http://{edge}/console   (sellers: sign up, add products and photos)");
+        println!("  shop:    http://{edge}/           (what shoppers see)");
         println!(
             "  uploads: POST http://{edge}/v1/products/<product id>/images (or `storemesh upload`)"
         );

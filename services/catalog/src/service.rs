@@ -72,7 +72,8 @@ fn require_reader(identity: &Identity) -> ServiceResult<()> {
     }
 }
 
-/// The storefront reads (`GetProduct`, `ListProducts`) also answer callers without a token
+/// The storefront reads (`GetProduct`, `ListProducts`, `ListProductImages`) also answer callers
+/// without a token
 /// (the auth layer passes them on with no identity): whether this caller is one. A caller with
 /// a token is a reader as for every other read.
 fn storefront_caller_is_anonymous<T>(request: &Request<T>) -> ServiceResult<bool> {
@@ -978,7 +979,9 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
         &self,
         request: Request<pb::ListProductImagesRequest>,
     ) -> Result<Response<pb::ListProductImagesResponse>, Status> {
-        require_reader(caller(&request)?)?;
+        // A storefront read: callers without a token see the READY images of published
+        // products only (what the images function serves them).
+        let anonymous = storefront_caller_is_anonymous(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         check_id(&mut violations, "product_id", &request.product_id);
@@ -994,6 +997,14 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             }
         };
         violations.into_result()?;
+        if anonymous {
+            // The same answer as for a missing product, so a draft's existence stays hidden.
+            self.store
+                .product(&request.product_id)
+                .await?
+                .filter(ProductRecord::is_published)
+                .ok_or_else(|| product_not_found(&request.product_id))?;
+        }
         let (members, more) = self
             .store
             .range(
@@ -1018,7 +1029,11 @@ impl pb::catalog_service_server::CatalogService for CatalogApi {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListProductImagesResponse {
-            images: images.iter().map(|image| self.urls.image(image)).collect(),
+            images: images
+                .iter()
+                .filter(|image| !anonymous || image.state == ImageState::Ready)
+                .map(|image| self.urls.image(image))
+                .collect(),
             next_page_token,
         }))
     }

@@ -21,6 +21,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
+use crate::files::{self, PreparedFiles, Staging};
 use crate::host::{self, ExecutionTimeout, HostState, Limits, MemoryLimitExceeded};
 use crate::manifest::Manifest;
 use crate::metrics as names;
@@ -45,6 +46,8 @@ struct LoadedComponent {
     variables: Arc<ComponentVariables>,
     allowed: Arc<AllowedHosts>,
     environment: Vec<(String, String)>,
+    /// Its `files`, preopened read-only once at load.
+    files: PreparedFiles,
 }
 
 /// A loaded Spin application.
@@ -59,6 +62,8 @@ pub struct App {
     max_memory_bytes: usize,
     execution_timeout: Duration,
     epoch_tick: Duration,
+    /// The copies of components' `files` (removed with the application).
+    _staging: Staging,
 }
 
 /// How a component invocation failed.
@@ -281,7 +286,21 @@ impl App {
         // Compile each distinct source once (several components may share one `.wasm`).
         let mut compiled: BTreeMap<PathBuf, ProxyPre<HostState>> = BTreeMap::new();
         let mut components = HashMap::new();
+        let mut staging = Staging::default();
         for decl in manifest.triggered_components() {
+            // Files first: a missing directory is reported before a long compilation.
+            let (returned, prepared) = {
+                let app_dir = manifest.app_dir().to_path_buf();
+                let decl = decl.clone();
+                tokio::task::spawn_blocking(move || {
+                    let prepared = files::prepare(&app_dir, &decl, &mut staging);
+                    (staging, prepared)
+                })
+                .await
+                .map_err(|error| EdgeError::Engine(format!("preparing files: {error}")))?
+            };
+            staging = returned;
+            let prepared_files = prepared?;
             let pre = match compiled.get(&decl.source) {
                 Some(pre) => pre.clone(),
                 None => {
@@ -295,6 +314,7 @@ impl App {
             tracing::info!(
                 component = %decl.id,
                 source = %decl.source.display(),
+                files = %prepared_files.describe(),
                 variables = component_variables.len(),
                 allowed_outbound_hosts = %allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                 "component ready"
@@ -311,6 +331,7 @@ impl App {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
+                    files: prepared_files,
                 }),
             );
         }
@@ -361,6 +382,7 @@ impl App {
             max_memory_bytes: usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX),
             execution_timeout: Duration::from_millis(config.execution_timeout_ms),
             epoch_tick: Duration::from_millis(config.epoch_tick_ms),
+            _staging: staging,
         })
     }
 
@@ -452,9 +474,12 @@ impl App {
         wasi.stdout(GuestLog::new(component.id.clone(), Stream::Stdout))
             .stderr(GuestLog::new(component.id.clone(), Stream::Stderr))
             .envs(&component.environment);
+        let mut wasi = wasi.build();
+        // The preopens opened at load (none without `files`), shared read-only.
+        *wasi.filesystem() = component.files.filesystem();
         let state = HostState::new(
             component.id.clone(),
-            wasi.build(),
+            wasi,
             component.allowed.clone(),
             self.client.clone(),
             component.variables.clone(),

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::files::FilesError;
 use crate::manifest::ManifestError;
 use crate::send::TlsSetupError;
 use crate::variables::VariableError;
@@ -15,6 +16,8 @@ pub enum EdgeError {
     Variables(#[from] VariableError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
     #[error(
@@ -29,7 +32,7 @@ pub enum EdgeError {
     },
     /// The component imports interfaces this runtime does not provide (all of them are named).
     #[error(
-        "component `{component}` imports {} this runtime does not provide: {}; the edge runtime provides WASI 0.2 (cli, clocks, random, io, http) and fermyon:spin/variables@2.0.0 only",
+        "component `{component}` imports {} this runtime does not provide: {}; the edge runtime provides WASI 0.2 (cli, clocks, random, io, filesystem, http) and fermyon:spin/variables@2.0.0 only",
         if imports.len() == 1 { "an interface" } else { "interfaces" },
         imports.join(", ")
     )]

@@ -1,5 +1,7 @@
-//! What a component instance sees: WASI 0.2 (cli, clocks, random, io), `wasi:http` (incoming
-//! and outgoing) and Spin's `fermyon:spin/variables@2.0.0` — and nothing else.
+//! What a component instance sees: WASI 0.2 (cli, clocks, random, io, filesystem), `wasi:http`
+//! (incoming and outgoing) and Spin's `fermyon:spin/variables@2.0.0` — and nothing else.
+//! `wasi:filesystem` is linked for every component, as Spin does; only a component with `files`
+//! has preopened directories, read-only ([`crate::files`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +51,8 @@ const PROVIDED: &[(&str, &str)] = &[
     ("wasi:io/error", "0.2."),
     ("wasi:io/poll", "0.2."),
     ("wasi:io/streams", "0.2."),
+    ("wasi:filesystem/types", "0.2."),
+    ("wasi:filesystem/preopens", "0.2."),
     ("wasi:http/types", "0.2."),
     ("wasi:http/outgoing-handler", "0.2."),
     ("fermyon:spin/variables", "2.0."),
@@ -64,7 +68,8 @@ pub fn is_provided(import: &str) -> bool {
 
 /// The linker every component is instantiated with.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
-    use wasmtime_wasi::p2::bindings::{cli, clocks, io, random};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random};
 
     let mut linker = Linker::<HostState>::new(engine);
     let l = &mut linker;
@@ -77,6 +82,8 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(l, |s| {
         wasmtime_wasi::clocks::WasiClocksView::clocks(s)
     })?;
+    filesystem::types::add_to_linker::<HostState, WasiFilesystem>(l, |s| s.filesystem())?;
+    filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(l, |s| s.filesystem())?;
     random::random::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
@@ -296,7 +303,9 @@ mod tests {
         assert!(is_provided("fermyon:spin/variables@2.0.0"));
         assert!(!is_provided("wasi:io/poll@0.3.0-rc-2026-01-06"));
         assert!(!is_provided("wasi:sockets/tcp@0.2.0"));
-        assert!(!is_provided("wasi:filesystem/types@0.2.0"));
+        assert!(is_provided("wasi:filesystem/types@0.2.0"));
+        assert!(is_provided("wasi:filesystem/preopens@0.2.3"));
+        assert!(!is_provided("wasi:filesystem/types@0.3.0-rc-2026-01-06"));
         assert!(!is_provided("fermyon:spin/key-value@2.0.0"));
         assert!(!is_provided("storemesh:made-up/greeter@0.1.0"));
     }

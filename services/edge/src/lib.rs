@@ -8,8 +8,10 @@
 //! - [`manifest`], [`routing`], [`template`], [`outbound`], [`variables`]: pure logic (the
 //!   manifest model, Spin's route syntax and matching, `{{ variable }}` templates,
 //!   `allowed_outbound_hosts` rules, variable resolution), unit-tested on their own.
-//! - [`host`]: what an instance can import (WASI 0.2 cli/clocks/random/io/http and
+//! - [`host`]: what an instance can import (WASI 0.2 cli/clocks/random/io/filesystem/http and
 //!   `fermyon:spin/variables@2.0.0`), resource limits, the outbound-HTTP policy hook.
+//! - [`files`]: the components' `files` as read-only preopens (mounted directly or copied once
+//!   at load, as `spin up` does), and their relocation for a copy of the manifest.
 //! - [`send`]: outbound HTTP/1.1, h2c with prior knowledge and HTTP/2 over TLS (ALPN).
 //! - [`app`]: compile once (disk cache), `instantiate_pre` once, a fresh store per request in
 //!   the pooling allocator, wall-clock and memory limits, metrics.
@@ -19,6 +21,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod host;
 pub mod manifest;
 pub mod metrics;

@@ -7,10 +7,11 @@
 //! `[variables]` (`default`, `required`, `secret`), `[[trigger.http]]` (`route` as a pattern or
 //! `{ private = true }`, `component = "<id>"`, `executor = { type = "spin" }`, `id`), and
 //! `[component.<id>]` (`source` as a local path, `allowed_outbound_hosts` with `{{ variable }}`
-//! templates, `variables` templated from application variables, `environment`, `description`;
-//! `build` and `tool` are accepted and ignored). Features this runtime does not provide (`files`,
-//! key-value stores, SQLite, AI models, component dependencies, remote sources, other trigger
-//! types, inline components) are refused by key rather than silently ignored.
+//! templates, `variables` templated from application variables, `environment`, `description`,
+//! `files` and `exclude_files` (checked here; mounted by [`crate::files`]); `build` and `tool`
+//! are accepted and ignored). Features this runtime does not provide (key-value stores, SQLite,
+//! AI models, component dependencies, remote sources, other trigger types, inline components)
+//! are refused by key rather than silently ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,24 @@ pub enum OutboundRule {
     Template(Template),
 }
 
+/// One `files` entry of a component (Spin's `WasiFilesMount`,
+/// `crates/manifest/src/schema/common.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesMount {
+    /// `"static/**/*"`, `"static"` or `"a/file.txt"`: a glob pattern or path relative to the
+    /// application directory; each file it names is placed at its path relative to that
+    /// directory (so `static/app.js` is `/static/app.js` in the guest).
+    Pattern(String),
+    /// `{ source = "web/dist", destination = "/" }`: a directory (or a single file) placed at
+    /// `destination` in the guest.
+    Placement {
+        /// Resolved against the manifest's directory (an absolute path is kept).
+        source: PathBuf,
+        /// Absolute, without `..`; trailing `/`s removed (except for `/` itself).
+        destination: String,
+    },
+}
+
 /// A `[component.<id>]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentDecl {
@@ -82,6 +101,11 @@ pub struct ComponentDecl {
     /// Environment variables visible through `wasi:cli/environment`.
     pub environment: BTreeMap<String, String>,
     pub allowed_outbound_hosts: Vec<OutboundRule>,
+    /// Files made visible to the guest, read-only (`files`).
+    pub files: Vec<FilesMount>,
+    /// Glob patterns of files left out of `files` (`exclude_files`), matched against paths
+    /// relative to the application directory.
+    pub exclude_files: Vec<String>,
 }
 
 /// An HTTP trigger.
@@ -101,6 +125,21 @@ pub struct Manifest {
     pub variables: BTreeMap<String, VariableDecl>,
     pub components: BTreeMap<String, ComponentDecl>,
     pub triggers: Vec<HttpTrigger>,
+}
+
+impl Manifest {
+    /// The application directory: the manifest's directory, against which component sources,
+    /// `files` and `exclude_files` are resolved.
+    pub fn app_dir(&self) -> &Path {
+        app_dir_of(&self.path)
+    }
+}
+
+fn app_dir_of(manifest: &Path) -> &Path {
+    match manifest.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 // ---- raw (serde) shapes -------------------------------------------------------------------
@@ -189,9 +228,11 @@ struct RawComponent {
     build: Option<toml::Value>,
     #[allow(dead_code)]
     tool: Option<toml::Value>,
+    #[serde(default)]
+    files: Vec<toml::Value>,
+    #[serde(default)]
+    exclude_files: Vec<String>,
     // Known Spin keys this runtime does not support: refused when set.
-    files: Option<toml::Value>,
-    exclude_files: Option<toml::Value>,
     key_value_stores: Option<Vec<String>>,
     sqlite_databases: Option<Vec<String>>,
     ai_models: Option<Vec<String>>,
@@ -295,7 +336,7 @@ impl Manifest {
             );
         }
 
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let base = app_dir_of(path);
         let mut components = BTreeMap::new();
         for (id, raw_component) in raw.component {
             let component = parse_component(&id, raw_component, base, &variables)
@@ -405,9 +446,7 @@ fn parse_component(
         ));
     }
 
-    let unsupported: [(&str, bool); 7] = [
-        ("files", raw.files.is_some()),
-        ("exclude_files", raw.exclude_files.is_some()),
+    let unsupported: [(&str, bool); 5] = [
         (
             "key_value_stores",
             raw.key_value_stores.is_some_and(|v| !v.is_empty()),
@@ -484,13 +523,157 @@ fn parse_component(
         }
     }
 
+    let mut files = Vec::new();
+    for (index, mount) in raw.files.into_iter().enumerate() {
+        let key = format!("files[{index}]");
+        files.push(parse_files_mount(mount, base).map_err(|(field, message)| {
+            let key = match field {
+                Some(field) => format!("{key}.{field}"),
+                None => key,
+            };
+            err(&key, message)
+        })?);
+    }
+    for (index, pattern) in raw.exclude_files.iter().enumerate() {
+        glob::Pattern::new(pattern).map_err(|error| {
+            err(
+                &format!("exclude_files[{index}]"),
+                format!("not a valid glob pattern: {error}"),
+            )
+        })?;
+    }
+
     Ok(ComponentDecl {
         id: id.to_owned(),
         source,
         variables: component_variables,
         environment: raw.environment,
         allowed_outbound_hosts: allowed,
+        files,
+        exclude_files: raw.exclude_files,
     })
+}
+
+/// Checks one `files` entry (Spin's loader, `crates/loader/src/local.rs`, plus what it leaves to
+/// chance): an error names the field (`source`, `destination`) or the entry itself (`None`).
+fn parse_files_mount(
+    mount: toml::Value,
+    base: &Path,
+) -> Result<FilesMount, (Option<String>, String)> {
+    match mount {
+        toml::Value::String(pattern) => {
+            let fail = |message: String| Err((None, message));
+            if pattern.trim().is_empty() {
+                return fail("must not be empty".into());
+            }
+            if Path::new(&pattern).is_absolute() {
+                // Spin places each file at its path relative to the application directory, which
+                // an absolute pattern does not have.
+                return fail(format!(
+                    "{pattern:?} is absolute; patterns are relative to the application directory \
+                     (use {{ source = \"<dir>\", destination = \"/<path>\" }} for a directory elsewhere)"
+                ));
+            }
+            // Spin refuses these with the same advice.
+            let last = pattern.rsplit('/').next().unwrap_or_default();
+            if last == ".." || last == "." {
+                return fail(format!(
+                    "{pattern:?} ends in {last:?}; to include a directory use the source-destination form or a pattern ending in **/*"
+                ));
+            }
+            if escapes(Path::new(&pattern)) {
+                return fail(format!(
+                    "{pattern:?} leaves the application directory (`..`)"
+                ));
+            }
+            if let Err(error) = glob::Pattern::new(&pattern) {
+                return fail(format!("{pattern:?} is not a valid glob pattern: {error}"));
+            }
+            Ok(FilesMount::Pattern(pattern))
+        }
+        toml::Value::Table(mut table) => {
+            let mut field = |name: &'static str| match table.remove(name) {
+                Some(toml::Value::String(value)) => Ok(value),
+                Some(other) => Err((
+                    Some(name.to_owned()),
+                    format!("must be a string, got {}", other.type_str()),
+                )),
+                None => Err((None, format!("`{name}` is missing"))),
+            };
+            let source = field("source")?;
+            let destination = field("destination")?;
+            if let Some(unknown) = table.keys().next() {
+                return Err((
+                    Some(unknown.clone()),
+                    "unknown field (a files entry is { source, destination })".into(),
+                ));
+            }
+            if source.trim().is_empty() {
+                return Err((Some("source".into()), "must not be empty".into()));
+            }
+            let source_path = Path::new(&source);
+            if !source_path.is_absolute() && escapes(source_path) {
+                return Err((
+                    Some("source".into()),
+                    format!(
+                        "{source:?} leaves the application directory (`..`); give an absolute path for a directory elsewhere"
+                    ),
+                ));
+            }
+            if !destination.starts_with('/') {
+                return Err((
+                    Some("destination".into()),
+                    format!(
+                        "{destination:?} must be an absolute path in the guest (e.g. \"/static\")"
+                    ),
+                ));
+            }
+            if destination
+                .split('/')
+                .any(|segment| segment == ".." || segment == ".")
+            {
+                return Err((
+                    Some("destination".into()),
+                    format!("{destination:?} must not contain `.` or `..` segments"),
+                ));
+            }
+            let trimmed = destination.trim_end_matches('/');
+            Ok(FilesMount::Placement {
+                source: base.join(source_path),
+                destination: if trimmed.is_empty() {
+                    "/".to_owned()
+                } else {
+                    trimmed.to_owned()
+                },
+            })
+        }
+        other => Err((
+            None,
+            format!(
+                "must be a glob pattern (a string) or {{ source = \"...\", destination = \"/...\" }}, got {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+/// Whether a relative path climbs above its starting directory (`..` more often than it
+/// descends, at any point).
+pub(crate) fn escapes(path: &Path) -> bool {
+    use std::path::Component;
+    let mut depth = 0_usize;
+    for component in path.components() {
+        match component {
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return true,
+            },
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return true,
+        }
+    }
+    false
 }
 
 fn check_references(
@@ -768,7 +951,10 @@ source = "/abs/thumbnail.wasm"
     #[test]
     fn unsupported_component_features_are_refused_by_key() {
         for (line, key) in [
-            ("files = [\"static/**\"]", "component.thumbnail.files"),
+            (
+                "ai_models = [\"llama2-chat\"]",
+                "component.thumbnail.ai_models",
+            ),
             (
                 "key_value_stores = [\"default\"]",
                 "component.thumbnail.key_value_stores",
@@ -795,6 +981,122 @@ source = "/abs/thumbnail.wasm"
             "source = \"/abs/thumbnail.wasm\"\nkey_value_stores = []",
         );
         assert!(parse(&text).is_ok());
+    }
+
+    fn with_thumbnail_lines(lines: &str) -> String {
+        GOOD.replace(
+            "source = \"/abs/thumbnail.wasm\"",
+            &format!("source = \"/abs/thumbnail.wasm\"\n{lines}"),
+        )
+    }
+
+    // Spin: crates/manifest/src/schema/common.rs (WasiFilesMount: a pattern string or
+    // { source, destination }), crates/manifest/src/schema/v2.rs (files, exclude_files).
+    #[test]
+    fn files_and_exclusions_parse_in_both_forms() {
+        let text = with_thumbnail_lines(
+            r#"files = ["static/**/*", { source = "web/dist", destination = "/" }, { source = "/srv/docs", destination = "/docs/" }, "./a/../b.txt"]
+exclude_files = ["**/*.map"]"#,
+        );
+        let manifest = parse(&text).unwrap();
+        let thumbnail = &manifest.components["thumbnail"];
+        assert_eq!(
+            thumbnail.files,
+            [
+                FilesMount::Pattern("static/**/*".into()),
+                FilesMount::Placement {
+                    source: "/app/web/dist".into(),
+                    destination: "/".into()
+                },
+                FilesMount::Placement {
+                    source: "/srv/docs".into(),
+                    destination: "/docs".into()
+                },
+                FilesMount::Pattern("./a/../b.txt".into()),
+            ]
+        );
+        assert_eq!(thumbnail.exclude_files, ["**/*.map"]);
+        assert!(manifest.components["upload-hook"].files.is_empty());
+        assert_eq!(manifest.app_dir(), Path::new("/app"));
+    }
+
+    #[test]
+    fn bad_files_entries_are_refused_by_key() {
+        for (line, key, hint) in [
+            (
+                r#"files = [{ source = "web/dist", destination = "static" }]"#,
+                "component.thumbnail.files[0].destination",
+                "absolute",
+            ),
+            (
+                r#"files = [{ source = "web/dist", destination = "/a/../.." }]"#,
+                "component.thumbnail.files[0].destination",
+                "`..`",
+            ),
+            (
+                r#"files = ["x", { source = "../web/dist", destination = "/" }]"#,
+                "component.thumbnail.files[1].source",
+                "leaves the application directory",
+            ),
+            (
+                r#"files = ["a/../../etc/*"]"#,
+                "component.thumbnail.files[0]",
+                "leaves the application directory",
+            ),
+            (
+                r#"files = ["/etc/passwd"]"#,
+                "component.thumbnail.files[0]",
+                "absolute",
+            ),
+            (
+                r#"files = ["static/.."]"#,
+                "component.thumbnail.files[0]",
+                "ends in",
+            ),
+            (
+                r#"files = ["static/[a"]"#,
+                "component.thumbnail.files[0]",
+                "glob",
+            ),
+            (
+                r#"files = [{ source = "web/dist" }]"#,
+                "component.thumbnail.files[0]",
+                "`destination` is missing",
+            ),
+            (
+                r#"files = [{ source = "web/dist", destination = "/", mode = "rw" }]"#,
+                "component.thumbnail.files[0].mode",
+                "unknown field",
+            ),
+            (
+                r#"files = [{ source = 1, destination = "/" }]"#,
+                "component.thumbnail.files[0].source",
+                "must be a string",
+            ),
+            (
+                r#"files = [7]"#,
+                "component.thumbnail.files[0]",
+                "glob pattern",
+            ),
+            (
+                r#"exclude_files = ["[x"]"#,
+                "component.thumbnail.exclude_files[0]",
+                "glob",
+            ),
+        ] {
+            let error = parse(&with_thumbnail_lines(line)).unwrap_err();
+            assert_eq!(error.key(), Some(key), "{line}: {error}");
+            assert!(error.to_string().contains(hint), "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn escaping_is_judged_on_the_whole_path() {
+        assert!(!escapes(Path::new("a/../b")));
+        assert!(!escapes(Path::new("./a/b/../../c")));
+        assert!(escapes(Path::new("..")));
+        assert!(escapes(Path::new("a/../../b")));
+        assert!(escapes(Path::new("/etc")));
     }
 
     #[test]

@@ -903,6 +903,147 @@ async fn guest_stdout_and_stderr_are_logged_with_the_component_id() {
     }
 }
 
+const FILES: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "files"
+[[trigger.http]]
+route = "/direct/..."
+component = "direct"
+[[trigger.http]]
+route = "/copied/..."
+component = "copied"
+[[trigger.http]]
+route = "/none/..."
+component = "none"
+[component.direct]
+source = "{app}"
+files = [{ source = "site", destination = "/" }]
+[component.copied]
+source = "{app}"
+files = ["static/**/*", { source = "site", destination = "/site" }]
+exclude_files = ["**/*.map"]
+[component.none]
+source = "{app}"
+"#;
+
+/// Writes `files` (path, content) under `dir`.
+fn write_tree(dir: &std::path::Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+// Spin: crates/factor-wasi/src/lib.rs (wasi:filesystem linked for every component, `files`
+// preopened read-only), crates/loader/src/local.rs (copies placed by pattern or destination,
+// exclude_files), src/commands/up.rs (copy by default, --direct-mounts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_mounted_read_only_directly_or_as_a_copy() {
+    let edge = Edge::start(FILES, |config| {
+        let app = config.manifest.parent().unwrap().to_path_buf();
+        write_tree(
+            &app,
+            &[
+                ("site/index.html", "<h1>v1</h1>"),
+                ("site/assets/app.js", "console.log(1)"),
+                ("static/a.css", "body{}"),
+                ("static/a.css.map", "{}"),
+                ("secret.txt", "the app dir is not mounted"),
+            ],
+        );
+    })
+    .await;
+    let app = edge._dir.path().to_path_buf();
+
+    // Mounted directly at `/`.
+    assert_eq!(
+        get(edge.url("/direct/?action=read&path=/index.html")).await,
+        (200, "<h1>v1</h1>".to_owned())
+    );
+    assert_eq!(
+        get(edge.url("/direct/?action=read&path=assets/app.js")).await,
+        (200, "console.log(1)".to_owned())
+    );
+    assert_eq!(
+        get(edge.url("/direct/?action=list&path=/")).await,
+        (200, "assets\nindex.html".to_owned())
+    );
+    let (status, body) = get(edge.url("/direct/?action=read&path=/missing.txt")).await;
+    assert_eq!(status, 404, "{body}");
+    // Read-only, and nothing outside the mount.
+    let (status, body) = get(edge.url("/direct/?action=write&path=/new.txt")).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(!app.join("site/new.txt").exists());
+    let (status, body) = get(edge.url("/direct/?action=write&path=/index.html")).await;
+    assert_ne!(status, 200, "{body}");
+    for escape in [
+        "/../secret.txt",
+        "../secret.txt",
+        "/assets/../../secret.txt",
+    ] {
+        let (status, body) = get(edge.url(&format!("/direct/?action=read&path={escape}"))).await;
+        assert_ne!(status, 200, "{escape}: {body}");
+        assert!(!body.contains("not mounted"), "{escape}: {body}");
+    }
+    // A direct mount shows changes at once (as `spin up --direct-mounts`).
+    std::fs::write(app.join("site/index.html"), "<h1>v2</h1>").unwrap();
+    assert_eq!(
+        get(edge.url("/direct/?action=read&path=/index.html")).await,
+        (200, "<h1>v2</h1>".to_owned())
+    );
+
+    // Copied once at load (as `spin up`): patterns at their app-relative paths, placements at
+    // their destinations, exclude_files left out.
+    assert_eq!(
+        get(edge.url("/copied/?action=list&path=/")).await,
+        (200, "site\nstatic".to_owned())
+    );
+    assert_eq!(
+        get(edge.url("/copied/?action=read&path=/static/a.css")).await,
+        (200, "body{}".to_owned())
+    );
+    let (status, body) = get(edge.url("/copied/?action=read&path=/static/a.css.map")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        get(edge.url("/copied/?action=read&path=/site/index.html")).await,
+        (200, "<h1>v1</h1>".to_owned())
+    );
+    let (status, body) = get(edge.url("/copied/?action=write&path=/site/index.html")).await;
+    assert_ne!(status, 200, "{body}");
+
+    // No files: wasi:filesystem is there, with nothing to open.
+    let (status, body) = get(edge.url("/none/?action=list&path=/")).await;
+    assert_ne!(status, 200, "{body}");
+    let (status, body) = get(edge.url("/none/?action=read&path=/secret.txt")).await;
+    assert_ne!(status, 200, "{body}");
+    edge.stop().await;
+
+    let logs = log_text();
+    assert!(
+        logs.lines().any(|l| l.contains("component=direct")
+            && l.contains("mounted directly")
+            && l.contains("component ready")),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_files_source_fails_the_load_naming_the_component() {
+    let error = match Edge::build(FILES, |_| {}).await {
+        Ok(_) => panic!("a component whose files are missing was loaded"),
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    assert!(matches!(error, EdgeError::Files(_)), "{message}");
+    assert!(
+        message.contains("component `copied`") || message.contains("component `direct`"),
+        "{message}"
+    );
+    assert!(message.contains("does not exist"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_importing_what_the_runtime_lacks_is_refused_at_load() {
     let manifest = r#"

@@ -153,7 +153,7 @@ impl Default for GatewayConfig {
             // The storefront reads: anonymous shoppers see published products (the catalog
             // still verifies a token that is sent).
             .chain(
-                ["GetProduct", "ListProducts"]
+                ["GetProduct", "ListProducts", "ListProductImages"]
                     .iter()
                     .map(|method| format!("/{CATALOG_SERVICE}/{method}")),
             )

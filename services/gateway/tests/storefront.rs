@@ -59,7 +59,7 @@ async fn create(client: &mut CatalogServiceClient<Channel>, token: &str, title: 
 #[test]
 fn the_storefront_reads_are_public_by_default() {
     let public = GatewayConfig::default().public_methods;
-    for method in ["GetProduct", "ListProducts"] {
+    for method in ["GetProduct", "ListProducts", "ListProductImages"] {
         let path = format!("/storemesh.catalog.v1.CatalogService/{method}");
         assert!(public.contains(&path), "{path} in {public:?}");
     }
@@ -204,6 +204,24 @@ async fn anonymous_shoppers_read_published_products_through_the_gateway() {
         .into_inner();
     let ids: Vec<String> = listed.products.into_iter().map(|p| p.id).collect();
     assert_eq!(ids, std::slice::from_ref(&shown));
+    // The storefront's product page lists a published product's images (none READY yet).
+    let images = client
+        .list_product_images(Request::new(pb::ListProductImagesRequest {
+            product_id: shown.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(images.images.is_empty());
+    let hidden_images = client
+        .list_product_images(Request::new(pb::ListProductImagesRequest {
+            product_id: draft.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden_images.code(), Code::NotFound, "{hidden_images:?}");
 
     // Signed in, the drafts are there; a bad token on a public method is still refused.
     let all = client

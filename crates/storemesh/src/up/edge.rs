@@ -1,7 +1,8 @@
 //! The edge functions for `storemesh up`: build the wasm components when their sources are at
 //! hand (cargo decides what is stale) and write a copy of the Spin manifest whose `source`
-//! paths point at the built files, wherever cargo put them; or, with `--edge-url`, hand the
-//! functions' variables to a developer's own `spin up`.
+//! paths point at the built files, wherever cargo put them, and whose `files` mount what they
+//! mount from the original's directory; or, with `--edge-url`, hand the functions' variables to
+//! a developer's own `spin up`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,6 +39,9 @@ pub fn prepare(manifest: &Path, out_dir: &Path, build_components: bool) -> anyho
         let Some(table) = component.as_table_mut() else {
             continue;
         };
+        // `files` and `exclude_files` are relative to the manifest's directory too.
+        storemesh_edge::files::relocate(table, &app_dir)
+            .map_err(|message| anyhow::anyhow!("component {id}: {message}"))?;
         let Some(source) = table.get("source").and_then(toml::Value::as_str) else {
             continue;
         };
@@ -390,6 +394,66 @@ mod tests {
         assert_eq!(
             resolve_source(app, target, "/abs/x.wasm"),
             Path::new("/abs/x.wasm")
+        );
+    }
+
+    #[test]
+    fn the_manifest_copy_mounts_the_originals_files() {
+        let app = tempfile::tempdir().unwrap();
+        let app_dir = app.path().canonicalize().unwrap();
+        for file in ["prebuilt/site.wasm", "web/dist/index.html", "static/a.css"] {
+            let path = app_dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file).unwrap();
+        }
+        std::fs::write(
+            app_dir.join("spin.toml"),
+            r#"spin_manifest_version = 2
+[application]
+name = "t"
+[[trigger.http]]
+route = "/..."
+component = "site"
+[component.site]
+source = "prebuilt/site.wasm"
+files = [{ source = "web/dist", destination = "/" }, "static/**/*"]
+exclude_files = ["**/*.map"]
+"#,
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let copy = prepare(&app_dir.join("spin.toml"), out.path(), false).unwrap();
+        let document: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&copy).unwrap()).unwrap();
+        let site = &document["component"]["site"];
+        let files = site["files"].as_array().unwrap();
+        let entry = |index: usize, key: &str| files[index][key].as_str().unwrap().to_owned();
+        assert_eq!(
+            entry(0, "source"),
+            app_dir.join("web/dist").display().to_string()
+        );
+        assert_eq!(entry(0, "destination"), "/");
+        assert_eq!(
+            entry(1, "source"),
+            app_dir.join("static").display().to_string()
+        );
+        assert_eq!(entry(1, "destination"), "/static");
+        assert_eq!(
+            site["exclude_files"][0].as_str().unwrap(),
+            format!("{}/**/*.map", app_dir.display())
+        );
+        // And the runtime reads the copy.
+        storemesh_edge::manifest::Manifest::load(&copy).unwrap();
+
+        // A glob that cannot be relocated is refused, naming the component.
+        let text = std::fs::read_to_string(app_dir.join("spin.toml"))
+            .unwrap()
+            .replace("\"static/**/*\"", "\"static/*.css\"");
+        std::fs::write(app_dir.join("spin.toml"), text).unwrap();
+        let error = prepare(&app_dir.join("spin.toml"), out.path(), false).unwrap_err();
+        assert!(
+            error.to_string().contains("component site: files[1]"),
+            "{error}"
         );
     }
 }

@@ -458,3 +458,109 @@ async fn draft_listing_pages_past_many_published_products() {
     assert_eq!(ids, [early.id, late.id]);
     assert!(pages >= 2, "the walk stopped at its budget at least once");
 }
+
+#[tokio::test]
+async fn anonymous_product_images_are_the_ready_images_of_published_products() {
+    let harness = Harness::start().await;
+    let seller = harness.seller("seller@example.com").await;
+    let thumbnail = harness.service("thumbnail").await;
+    let mut client = harness.client().await;
+    let product = create(&mut client, &seller.token, new_product("Lamp", &[])).await;
+    // One image READY, one still PROCESSING, one FAILED.
+    for image_id in ["ready", "processing", "failed"] {
+        attach(&mut client, &seller.token, &product.id, image_id).await;
+    }
+    for (size, event) in [(160, "e1"), (320, "e2"), (640, "e3")] {
+        record(
+            &mut client,
+            &thumbnail,
+            "ready",
+            variant(&product.id, "ready", size),
+            event,
+        )
+        .await
+        .unwrap();
+    }
+    client
+        .mark_image_failed(bearer(
+            pb::MarkImageFailedRequest {
+                image_id: "failed".into(),
+                reason: "cannot decode".into(),
+                event_id: String::new(),
+            },
+            &thumbnail,
+        ))
+        .await
+        .unwrap();
+    let list = |product_id: &str| {
+        Request::new(pb::ListProductImagesRequest {
+            product_id: product_id.into(),
+            ..Default::default()
+        })
+    };
+
+    // A draft's images are hidden like a product that does not exist.
+    let hidden = client
+        .list_product_images(list(&product.id))
+        .await
+        .unwrap_err();
+    let missing = client
+        .list_product_images(list("01MISSINGPRODUCT"))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(
+        hidden.message().replace(&product.id, "{id}"),
+        missing.message().replace("01MISSINGPRODUCT", "{id}")
+    );
+
+    // Published: shoppers get the READY image only, with its public URLs.
+    set_visibility(&mut client, &seller.token, &product.id, PUBLISHED).await;
+    let shown = client
+        .list_product_images(list(&product.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let ids: Vec<&str> = shown.iter().map(|image| image.id.as_str()).collect();
+    assert_eq!(ids, ["ready"]);
+    assert_eq!(shown[0].variants.len(), 3);
+    assert!(!shown[0].srcset.is_empty());
+    // The seller still sees every image, whatever its state.
+    let all = client
+        .list_product_images(bearer(
+            pb::ListProductImagesRequest {
+                product_id: product.id.clone(),
+                ..Default::default()
+            },
+            &seller.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(all.len(), 3);
+    // A token that is sent is still verified; bad ids are still refused.
+    let forged = client
+        .list_product_images(bearer(
+            pb::ListProductImagesRequest {
+                product_id: product.id.clone(),
+                ..Default::default()
+            },
+            "not-a-jwt",
+        ))
+        .await;
+    assert_code(forged, Code::Unauthenticated);
+    assert_violations(
+        client.list_product_images(list("a/b")).await,
+        &["product_id"],
+    );
+
+    // Unpublished again, the images are hidden again.
+    set_visibility(&mut client, &seller.token, &product.id, DRAFT).await;
+    assert_code(
+        client.list_product_images(list(&product.id)).await,
+        Code::NotFound,
+    );
+}
