@@ -283,9 +283,10 @@ async fn authorization_matrix() {
         ],
         [DENIED; 14],
         [OK; 14],
-        // Anonymous: the storefront reads answer, but the product is a draft, so it is hidden.
+        // Anonymous: the storefront reads (GetProduct, ListProducts, ListProductImages) answer,
+        // but the product is a draft, so it is hidden.
         [
-            UNAUTH, HIDDEN, OK, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH,
+            UNAUTH, HIDDEN, OK, UNAUTH, HIDDEN, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH, UNAUTH,
             UNAUTH, UNAUTH, UNAUTH,
         ],
         [UNAUTH; 14],
