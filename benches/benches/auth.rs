@@ -77,11 +77,7 @@ fn login_latency(c: &mut Criterion) {
     let keys = tempfile::tempdir().unwrap();
     // Smoke mode only proves the code runs: the cheapest hash instead of the default cost.
     let argon2 = if storemesh_benches::smoke() {
-        Argon2Config {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        }
+        storemesh_auth::testing::cheap_argon2()
     } else {
         Argon2Config::default()
     };

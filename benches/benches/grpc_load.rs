@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use prost::Message as _;
 use redis::AsyncCommands as _;
-use storemesh_auth::config::Argon2Config;
 use storemesh_auth::{AuthConfig, AuthSettings};
 use storemesh_benches::report::{self, Check, Goal};
 use storemesh_benches::{h2load, median, spread};
@@ -207,11 +206,7 @@ fn main() {
                 auth: AuthConfig {
                     server: quiet_server(),
                     keys_dir: keys.path().to_path_buf(),
-                    argon2: Argon2Config {
-                        memory_kib: 256,
-                        iterations: 1,
-                        parallelism: 1,
-                    },
+                    argon2: storemesh_auth::testing::cheap_argon2(),
                     ..AuthConfig::default()
                 },
                 redis: RedisConfig {

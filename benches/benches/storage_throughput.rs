@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use storemesh_auth::config::Argon2Config;
 use storemesh_auth::{AuthConfig, AuthSettings};
 use storemesh_benches::report::{self, Check, Goal};
 use storemesh_benches::{median, spread};
@@ -99,11 +98,7 @@ fn main() {
                 auth: AuthConfig {
                     server: ServerConfig::default(),
                     keys_dir: keys.path().to_path_buf(),
-                    argon2: Argon2Config {
-                        memory_kib: 256,
-                        iterations: 1,
-                        parallelism: 1,
-                    },
+                    argon2: storemesh_auth::testing::cheap_argon2(),
                     admin_email: "admin@example.com".into(),
                     admin_password: "bench admin password".into(),
                     ..AuthConfig::default()

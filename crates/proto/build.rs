@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-
 fn collect_protos(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -31,11 +29,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
 
-    let descriptors = protox::compile(&protos, [&proto_root])?;
+    let mut compiler = protox::Compiler::new([&proto_root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&protos)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Encoded by the compiler rather than from `descriptors`: prost's `MethodOptions` has no
+    // field for custom options such as `(storemesh.options.v1.public_method)`, which the
+    // crate reads back from these bytes (`contract`), and reflection clients see them too.
     std::fs::write(
         out_dir.join("storemesh_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     let server = std::env::var_os("CARGO_FEATURE_SERVER").is_some();

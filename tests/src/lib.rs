@@ -37,8 +37,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
-use storemesh_auth::config::{Argon2Config, RateLimitConfig, ServiceAccountConfig};
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::config::RateLimitConfig;
+use storemesh_auth::testing;
 use storemesh_catalog::{CatalogConfig, CatalogSettings};
 use storemesh_edge::EdgeConfig;
 use storemesh_gateway::config::GatewayRateLimit;
@@ -54,6 +54,7 @@ use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
 use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
+use storemesh_runtime::testing::{test_server, test_server_on};
 use storemesh_storage::{StorageConfig, StorageSettings};
 use storemesh_testkit::{RedisServer, RunningHost, free_port};
 use tokio::sync::oneshot;
@@ -194,16 +195,6 @@ pub struct System {
     _edge_dir: Option<tempfile::TempDir>,
 }
 
-fn test_server(port: u16) -> ServerConfig {
-    ServerConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 2_000,
-        ..ServerConfig::default()
-    }
-}
-
 /// Test logs (`RUST_LOG`-style filter in `STOREMESH_TEST_LOG`, default `warn`), once per
 /// process.
 pub fn init_logs() {
@@ -239,63 +230,44 @@ impl System {
             ..TokensConfig::default()
         };
 
-        let account = |client_id: &str, scopes: &[&str]| ServiceAccountConfig {
-            client_id: client_id.into(),
-            client_secret: SERVICE_SECRET.into(),
-            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        let account = |client_id: &str, scopes: &[&str]| {
+            testing::service_account(client_id, SERVICE_SECRET, scopes)
         };
-        let auth = RunningHost::spawn(
-            storemesh_auth::build(AuthSettings {
-                auth: AuthConfig {
-                    server: test_server(0),
-                    keys_dir: keys_dir.path().to_path_buf(),
-                    argon2: Argon2Config {
-                        memory_kib: 256,
-                        iterations: 1,
-                        parallelism: 1,
-                    },
-                    admin_email: ADMIN_EMAIL.into(),
-                    admin_password: ADMIN_PASSWORD.into(),
-                    service_accounts: vec![
-                        account(
-                            THUMBNAIL_CLIENT,
-                            &[
-                                "storage.read",
-                                "storage.write:thumbnails",
-                                "catalog.read",
-                                "catalog.write:variants",
-                            ],
-                        ),
-                        account(IMAGES_CLIENT, &["catalog.read", "storage.read"]),
-                        account(CATALOG_CLIENT, &["storage.delete:products"]),
-                        account(
-                            DISPATCHER_CLIENT,
-                            &["events.deliver", "catalog.write:variants", "catalog.read"],
-                        ),
-                    ],
-                    // Every test user registers from 127.0.0.1.
-                    rate_limit: RateLimitConfig {
-                        login_per_address: 10_000,
-                        register_per_address: 10_000,
-                        ..RateLimitConfig::default()
-                    },
-                    ..AuthConfig::default()
-                },
-                redis: redis_config.clone(),
-                // Auth verifies its own tokens with its own keys.
-                tokens: TokensConfig::default(),
-            })
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        // Auth verifies its own tokens with its own keys: default `tokens`.
+        let mut auth_settings = testing::auth_settings(&redis.url(), keys_dir.path());
+        auth_settings.auth.admin_email = ADMIN_EMAIL.into();
+        auth_settings.auth.admin_password = ADMIN_PASSWORD.into();
+        auth_settings.auth.service_accounts = vec![
+            account(
+                THUMBNAIL_CLIENT,
+                &[
+                    "storage.read",
+                    "storage.write:thumbnails",
+                    "catalog.read",
+                    "catalog.write:variants",
+                ],
+            ),
+            account(IMAGES_CLIENT, &["catalog.read", "storage.read"]),
+            account(CATALOG_CLIENT, &["storage.delete:products"]),
+            account(
+                DISPATCHER_CLIENT,
+                &["events.deliver", "catalog.write:variants", "catalog.read"],
+            ),
+        ];
+        // Every test user registers from 127.0.0.1.
+        auth_settings.auth.rate_limit = RateLimitConfig {
+            login_per_address: 10_000,
+            register_per_address: 10_000,
+            ..RateLimitConfig::default()
+        };
+        let auth = RunningHost::spawn(storemesh_auth::build(auth_settings).await.unwrap()).unwrap();
 
         let catalog = RunningHost::spawn(
             storemesh_catalog::build(CatalogSettings {
                 catalog: CatalogConfig {
                     server: ServerConfig {
                         max_message_bytes: storemesh_catalog::config::DEFAULT_MAX_MESSAGE_BYTES,
-                        ..test_server(0)
+                        ..test_server()
                     },
                     variant_sizes: options.variant_sizes.clone(),
                     storage_endpoint: gateway_url.clone(),
@@ -316,7 +288,7 @@ impl System {
         let storage = RunningHost::spawn(
             storemesh_storage::build(StorageSettings {
                 storage: StorageConfig {
-                    server: test_server(0),
+                    server: test_server(),
                     data_dir: data_dir.path().to_path_buf(),
                     fsync: false,
                     catalog_endpoint: gateway_url.clone(),
@@ -333,7 +305,7 @@ impl System {
         .unwrap();
 
         let mut gateway_config = GatewayConfig {
-            server: test_server(gateway_port),
+            server: test_server_on(gateway_port),
             ..GatewayConfig::default()
         };
         for (name, host) in [

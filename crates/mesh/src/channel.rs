@@ -8,31 +8,18 @@ use std::task::{Context, Poll};
 
 use crate::upstream::{ProxyBody, Upstream};
 
-/// Storemesh methods that are safe to send twice: reads, and writes that are idempotent by
-/// contract (keyed by event id, image id or object key). Any call carrying an
-/// `idempotency-key` header is treated as idempotent too.
-const IDEMPOTENT_METHODS: &[&str] = &[
-    "/storemesh.auth.v1.AuthService/WhoAmI",
-    "/storemesh.auth.v1.AuthService/GetPublicKeys",
-    "/storemesh.auth.v1.AuthService/ListUsers",
-    "/storemesh.catalog.v1.CatalogService/GetProduct",
-    "/storemesh.catalog.v1.CatalogService/ListProducts",
-    "/storemesh.catalog.v1.CatalogService/GetImage",
-    "/storemesh.catalog.v1.CatalogService/ListProductImages",
-    "/storemesh.catalog.v1.CatalogService/ListImages",
-    "/storemesh.catalog.v1.CatalogService/AttachImage",
-    "/storemesh.catalog.v1.CatalogService/RecordVariant",
-    "/storemesh.catalog.v1.CatalogService/MarkImageFailed",
-    "/storemesh.storage.v1.StorageService/Stat",
-    "/storemesh.storage.v1.StorageService/List",
-    "/storemesh.storage.v1.StorageService/Download",
-    "/storemesh.storage.v1.StorageService/Delete",
-    "/grpc.health.v1.Health/Check",
-];
+/// Methods outside the Storemesh contracts that are safe to send twice. The Storemesh ones are
+/// marked in the contracts (`option idempotency_level`): see `storemesh_proto::contract`.
+const OTHER_IDEMPOTENT_METHODS: &[&str] = &["/grpc.health.v1.Health/Check"];
 
-/// Whether a call may be retried.
+/// Whether a call may be retried: the contract marks its method `NO_SIDE_EFFECTS` (reads) or
+/// `IDEMPOTENT` (writes that are idempotent by contract, keyed by event id, image id or object
+/// key), or it is one of [`OTHER_IDEMPOTENT_METHODS`]. Any call carrying an `idempotency-key`
+/// header is treated as idempotent too.
 pub fn is_idempotent(path: &str, headers: &http::HeaderMap) -> bool {
-    IDEMPOTENT_METHODS.contains(&path) || headers.contains_key("idempotency-key")
+    storemesh_proto::contract::is_idempotent(path)
+        || OTHER_IDEMPOTENT_METHODS.contains(&path)
+        || headers.contains_key("idempotency-key")
 }
 
 #[derive(Clone)]
@@ -59,5 +46,50 @@ impl tower::Service<http::Request<tonic::body::Body>> for MeshChannel {
         let upstream = self.upstream.clone();
         let retryable = is_idempotent(request.uri().path(), request.headers());
         Box::pin(async move { Ok(upstream.call(request, retryable).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The methods retried before the contract said which: exactly these, still.
+    #[test]
+    fn the_retried_methods_are_unchanged() {
+        let expected = [
+            "/storemesh.auth.v1.AuthService/WhoAmI",
+            "/storemesh.auth.v1.AuthService/GetPublicKeys",
+            "/storemesh.auth.v1.AuthService/ListUsers",
+            "/storemesh.catalog.v1.CatalogService/GetProduct",
+            "/storemesh.catalog.v1.CatalogService/ListProducts",
+            "/storemesh.catalog.v1.CatalogService/GetImage",
+            "/storemesh.catalog.v1.CatalogService/ListProductImages",
+            "/storemesh.catalog.v1.CatalogService/ListImages",
+            "/storemesh.catalog.v1.CatalogService/AttachImage",
+            "/storemesh.catalog.v1.CatalogService/RecordVariant",
+            "/storemesh.catalog.v1.CatalogService/MarkImageFailed",
+            "/storemesh.storage.v1.StorageService/Stat",
+            "/storemesh.storage.v1.StorageService/List",
+            "/storemesh.storage.v1.StorageService/Download",
+            "/storemesh.storage.v1.StorageService/Delete",
+            "/grpc.health.v1.Health/Check",
+        ];
+        let none = http::HeaderMap::new();
+        for path in expected {
+            assert!(is_idempotent(path, &none), "{path}");
+        }
+        let retried: Vec<&str> = storemesh_proto::contract::idempotent_methods()
+            .iter()
+            .map(String::as_str)
+            .chain(OTHER_IDEMPOTENT_METHODS.iter().copied())
+            .filter(|path| !expected.contains(path))
+            .collect();
+        assert!(retried.is_empty(), "newly retried: {retried:?}");
+
+        let upload = "/storemesh.storage.v1.StorageService/Upload";
+        assert!(!is_idempotent(upload, &none));
+        let mut keyed = http::HeaderMap::new();
+        keyed.insert("idempotency-key", http::HeaderValue::from_static("k1"));
+        assert!(is_idempotent(upload, &keyed));
     }
 }

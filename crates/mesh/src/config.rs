@@ -1,8 +1,10 @@
 //! How one upstream (a set of replicas of one service) is found and called.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use storemesh_runtime::backoff::{Backoff, Jitter};
 use storemesh_runtime::config::{ConfigError, Validate};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +25,8 @@ pub struct UpstreamConfig {
     pub default_deadline_ms: u64,
     /// Extra attempts for idempotent calls.
     pub max_retries: u32,
-    /// Backoff before a retry: full jitter over `retry_backoff_ms × 2^attempt`.
+    /// Backoff before a retry: full jitter under `retry_backoff_ms × 2^attempt` (see
+    /// [`UpstreamConfig::retry_backoff`]); 0 retries at once.
     pub retry_backoff_ms: u64,
     /// Retries allowed as a share of requests (percent), so retries cannot amplify an outage.
     pub retry_budget_percent: f32,
@@ -69,6 +72,19 @@ impl Default for UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// The wait before retry n (1-based) of an idempotent call: full jitter under
+    /// `retry_backoff_ms × 2^n` (the factor stops at 2^10). Every value is accepted: `None` for
+    /// `retry_backoff_ms = 0`, when retries go at once.
+    pub fn retry_backoff(&self) -> Option<Backoff> {
+        let base = Duration::from_millis(self.retry_backoff_ms);
+        Backoff::exponential(
+            base.saturating_mul(2),
+            base.saturating_mul(1 << 10),
+            Jitter::Full,
+        )
+        .ok()
+    }
+
     /// Static endpoints with the other settings at their defaults.
     pub fn addresses<I: IntoIterator<Item = S>, S: Into<String>>(addresses: I) -> Self {
         Self {

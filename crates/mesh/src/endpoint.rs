@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use storemesh_runtime::backoff::{Backoff, Jitter};
 use tokio::time::Instant;
 
 /// Per-endpoint metric handles, registered on the endpoint's first call: a labelled metric
@@ -56,22 +57,42 @@ impl EndpointMetrics {
 }
 
 /// When an endpoint is taken out of rotation and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EjectionPolicy {
     /// Consecutive failures that eject an endpoint.
     pub consecutive_failures: u32,
-    /// First ejection time; doubles on each ejection in a row, up to `max_ejection`.
-    pub base_ejection: Duration,
-    pub max_ejection: Duration,
+    /// How long ejection n in a row lasts; `None`: no time at all.
+    ejection: Option<Backoff>,
+}
+
+impl EjectionPolicy {
+    /// The first ejection lasts `base`, each one in a row twice as long as the one before (the
+    /// factor stops at 2^16), at most `max`. Every value is accepted: a `max` below `base`
+    /// is the length of every ejection, and a zero `base` or `max` makes ejections last no time.
+    pub fn new(consecutive_failures: u32, base: Duration, max: Duration) -> Self {
+        let ejection = Backoff::exponential(
+            base.min(max),
+            max.min(base.saturating_mul(1 << 16)),
+            Jitter::None,
+        )
+        .ok();
+        Self {
+            consecutive_failures,
+            ejection,
+        }
+    }
+
+    /// How long the ejection after `previous` ejections in a row lasts.
+    pub fn ejection(&self, previous: u32) -> Duration {
+        self.ejection.map_or(Duration::ZERO, |backoff| {
+            backoff.ceiling(previous.saturating_add(1))
+        })
+    }
 }
 
 impl Default for EjectionPolicy {
     fn default() -> Self {
-        Self {
-            consecutive_failures: 3,
-            base_ejection: Duration::from_secs(1),
-            max_ejection: Duration::from_secs(30),
-        }
+        Self::new(3, Duration::from_secs(1), Duration::from_secs(30))
     }
 }
 
@@ -159,11 +180,7 @@ impl Endpoint {
         health.consecutive_failures += 1;
         let failed_probe = health.probing;
         if failed_probe || health.consecutive_failures >= policy.consecutive_failures {
-            let factor = 1_u32 << health.ejections.min(16);
-            let for_duration = policy
-                .base_ejection
-                .saturating_mul(factor)
-                .min(policy.max_ejection);
+            let for_duration = policy.ejection(health.ejections);
             health.ejected_until = Some(now + for_duration);
             health.ejections += 1;
             health.probing = false;
@@ -215,11 +232,7 @@ mod tests {
     use super::*;
 
     fn policy() -> EjectionPolicy {
-        EjectionPolicy {
-            consecutive_failures: 2,
-            base_ejection: Duration::from_secs(1),
-            max_ejection: Duration::from_secs(4),
-        }
+        EjectionPolicy::new(2, Duration::from_secs(1), Duration::from_secs(4))
     }
 
     #[test]

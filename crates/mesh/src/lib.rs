@@ -13,12 +13,16 @@
 //! - **Metrics** per endpoint: `mesh_upstream_requests_total{upstream,endpoint,outcome}`,
 //!   `mesh_upstream_request_seconds`, `mesh_upstream_ejections_total`,
 //!   `mesh_upstream_retries_total`, `mesh_upstream_endpoints`.
+//! - **Service-to-service clients** ([`client`]): every call a process makes to another goes
+//!   through a [`MeshChannel`] built by [`client::channel`], with one service-token cache
+//!   ([`client::ServiceTokens`]).
 //!
 //! Why not tower's `balance::p2c`: it drops a failing service from its set and has no
 //! ejection backoff, half-open probing or per-endpoint metrics; the choice itself is a few
 //! lines ([`endpoint::pick_two`]), the rest is the policy we need.
 
 pub mod channel;
+pub mod client;
 pub mod config;
 pub mod endpoint;
 pub mod timeout;

@@ -14,7 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rand::Rng;
+use storemesh_runtime::backoff::Backoff;
 use storemesh_runtime::observe::{StatusBody, StatusSink, status_code};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -41,6 +41,8 @@ pub struct Upstream {
     name: Arc<str>,
     config: UpstreamConfig,
     policy: EjectionPolicy,
+    /// `None`: retries go at once (`retry_backoff_ms = 0`).
+    retry_backoff: Option<Backoff>,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: &'static str,
@@ -136,11 +138,12 @@ impl Upstream {
             .build(connector);
         let upstream = Arc::new(Self {
             name: Arc::from(name.into()),
-            policy: EjectionPolicy {
-                consecutive_failures: config.eject_after_failures,
-                base_ejection: Duration::from_millis(config.base_ejection_ms),
-                max_ejection: Duration::from_millis(config.max_ejection_ms),
-            },
+            policy: EjectionPolicy::new(
+                config.eject_after_failures,
+                Duration::from_millis(config.base_ejection_ms),
+                Duration::from_millis(config.max_ejection_ms),
+            ),
+            retry_backoff: config.retry_backoff(),
             budget: TpsBudget::new(
                 Duration::from_secs(10),
                 config.retry_budget_min_per_sec,
@@ -241,13 +244,24 @@ impl Upstream {
 
     /// Power of two choices among selectable endpoints, avoiding the ones this call already
     /// tried when any other is left (a retry goes to another replica).
+    ///
+    /// Panic mode (Envoy's panic threshold, at 0 %): when every endpoint is ejected, all of
+    /// them are candidates again rather than none. Failing every call until an ejection ends
+    /// would turn a late start or a quick restart of the only replica (a service fetching
+    /// keys before auth is up) into seconds of refusals; an upstream that is really down
+    /// still fails as fast (connection refused) and keeps being ejected.
     fn pick(&self, now: Instant, tried: &[String]) -> Option<Arc<Endpoint>> {
         let endpoints = self.read_endpoints();
-        let selectable: Vec<&Endpoint> = endpoints
+        let mut selectable: Vec<&Endpoint> = endpoints
             .iter()
             .map(Arc::as_ref)
             .filter(|endpoint| endpoint.selectable(now))
             .collect();
+        if selectable.is_empty() && !endpoints.is_empty() {
+            metrics::counter!("mesh_upstream_panic_total", "upstream" => self.name.clone())
+                .increment(1);
+            selectable = endpoints.iter().map(Arc::as_ref).collect();
+        }
         let untried: Vec<&Endpoint> = selectable
             .iter()
             .copied()
@@ -265,12 +279,11 @@ impl Upstream {
             .cloned()
     }
 
+    /// The wait before retry `attempt` (1-based), see [`UpstreamConfig::retry_backoff`].
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .config
-            .retry_backoff_ms
-            .saturating_mul(1_u64 << attempt.min(10));
-        Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
+        self.retry_backoff.map_or(Duration::ZERO, |backoff| {
+            backoff.delay(attempt, rand::random::<f64>())
+        })
     }
 
     fn failure(&self, endpoint: &Endpoint, now: Instant) {

@@ -32,7 +32,7 @@ fn idempotent(message: &str) -> Request<EchoRequest> {
 
 /// Calls answered by each endpoint, from the mesh's own metrics.
 fn answered_by(endpoint: &str) -> f64 {
-    let text = storemesh_runtime::server::prometheus().render();
+    let text = storemesh_runtime::metrics::prometheus().render();
     text.lines()
         .filter(|line| line.starts_with("mesh_upstream_requests_total{"))
         .filter(|line| line.contains(&format!("endpoint=\"{endpoint}\"")))
@@ -50,7 +50,7 @@ fn fast_config(addresses: Vec<String>) -> UpstreamConfig {
 
 #[tokio::test]
 async fn load_is_spread_and_a_crashed_replica_costs_no_idempotent_call() {
-    let _ = storemesh_runtime::server::prometheus();
+    let _ = storemesh_runtime::metrics::prometheus();
     let (a, b) = (replica().await, replica().await);
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let upstream = Upstream::start("echo", fast_config(vec![a_addr.clone(), b_addr.clone()]))
@@ -108,7 +108,7 @@ async fn load_is_spread_and_a_crashed_replica_costs_no_idempotent_call() {
 
 #[tokio::test]
 async fn a_replica_added_at_runtime_receives_traffic() {
-    let _ = storemesh_runtime::server::prometheus();
+    let _ = storemesh_runtime::metrics::prometheus();
     let first = replica().await;
     let dir = tempfile_dir();
     let file = dir.join("echo.endpoints");
@@ -259,7 +259,7 @@ async fn deadlines_are_propagated_and_enforced() {
 
 #[tokio::test]
 async fn dead_endpoints_are_ejected_and_only_idempotent_calls_retried() {
-    let _ = storemesh_runtime::server::prometheus();
+    let _ = storemesh_runtime::metrics::prometheus();
     let live = replica().await;
     // Nothing listens on the second address.
     let dead = {
@@ -292,7 +292,7 @@ async fn dead_endpoints_are_ejected_and_only_idempotent_calls_retried() {
             .await
             .expect("ejected endpoint is not chosen");
     }
-    let text = storemesh_runtime::server::prometheus().render();
+    let text = storemesh_runtime::metrics::prometheus().render();
     assert!(
         text.lines()
             .any(|line| line.starts_with("mesh_upstream_ejections_total") && line.contains(&dead)),
@@ -313,4 +313,54 @@ async fn no_endpoint_is_unavailable() {
     let mut client = EchoServiceClient::new(MeshChannel::new(upstream));
     let status = client.echo(idempotent("x")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_replica_that_comes_back_is_used_although_every_endpoint_was_ejected() {
+    let _ = storemesh_runtime::metrics::prometheus();
+    // The only replica is not up yet (a service started before its dependency).
+    let address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let upstream = Upstream::start(
+        "echo-late",
+        UpstreamConfig {
+            base_ejection_ms: 60_000,
+            ..UpstreamConfig::addresses([address.to_string()])
+        },
+    )
+    .await
+    .unwrap();
+    let mut client = EchoServiceClient::new(MeshChannel::new(upstream));
+    for n in 0..5 {
+        let status = client
+            .echo(idempotent(&format!("early-{n}")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let text = storemesh_runtime::metrics::prometheus().render();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("mesh_upstream_ejections_total")
+                && line.contains(&address.to_string())),
+        "the only endpoint is ejected (for a minute)"
+    );
+    // It starts: the next call reaches it at once instead of waiting out the ejection.
+    let config = ServerConfig {
+        listen: address,
+        readiness_interval_ms: 100,
+        ..ServerConfig::default()
+    };
+    let late = RunningHost::spawn(echo::host(config).bind().await.unwrap()).unwrap();
+    let reply = client.echo(idempotent("late")).await.unwrap();
+    assert_eq!(reply.into_inner().message, "late");
+    let text = storemesh_runtime::metrics::prometheus().render();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("mesh_upstream_panic_total") && line.contains("echo-late")),
+        "panic mode counted"
+    );
+    late.stop().await;
 }

@@ -82,13 +82,8 @@ impl Validate for TokensConfig {
         if self.leeway_secs > 300 {
             return Err(invalid("leeway_secs", "must be at most 300"));
         }
-        if !(self.auth_endpoint.starts_with("http://")
-            || self.auth_endpoint.starts_with("https://"))
-        {
-            return Err(invalid(
-                "auth_endpoint",
-                "must be an http:// or https:// URL",
-            ));
+        if let Err(error) = crate::endpoint::ServiceEndpoint::parse(&self.auth_endpoint) {
+            return Err(invalid("auth_endpoint", &error.to_string()));
         }
         Ok(())
     }
@@ -109,32 +104,53 @@ pub trait KeySource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<PublicJwk>, String>>;
 }
 
-/// Fetches keys from the auth service's `GetPublicKeys`.
-pub struct GrpcKeySource {
-    channel: tonic::transport::Channel,
+/// Fetches keys from the auth service's `GetPublicKeys`, over any tonic channel: services
+/// pass the mesh's (`storemesh_mesh::client::auth_channel`, with discovery, ejection, retries
+/// and `mesh_upstream_*` metrics), which this crate cannot build itself (the mesh depends on
+/// it). [`GrpcKeySource::new`] dials a plain tonic channel, for tests and tools.
+pub struct GrpcKeySource<C = tonic::transport::Channel> {
+    channel: C,
 }
 
+/// Deadline of one `GetPublicKeys` call.
+const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl GrpcKeySource {
+    /// A plain tonic channel to `endpoint` (`http://host:port`), without the mesh's governance.
     pub fn new(endpoint: &str) -> Result<Self, tonic::transport::Error> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
+            .timeout(KEY_FETCH_TIMEOUT)
             .connect_lazy();
         Ok(Self { channel })
     }
 }
 
-impl KeySource for GrpcKeySource {
+impl<C> GrpcKeySource<C> {
+    /// Keys fetched through `channel`, e.g. a `storemesh_mesh::MeshChannel` to auth.
+    pub fn with_channel(channel: C) -> Self {
+        Self { channel }
+    }
+}
+
+impl<C> KeySource for GrpcKeySource<C>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<PublicJwk>, String>> {
         use storemesh_proto::auth::v1::GetPublicKeysRequest;
         use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
-        let mut client = AuthServiceClient::with_interceptor(
-            self.channel.clone(),
-            crate::telemetry::TracePropagation,
-        );
+        let mut client = AuthServiceClient::new(self.channel.clone());
+        let mut request = tonic::Request::new(GetPublicKeysRequest {});
+        request.set_timeout(KEY_FETCH_TIMEOUT);
+        crate::telemetry::inject_trace_context(request.metadata_mut());
         Box::pin(async move {
             let response = client
-                .get_public_keys(GetPublicKeysRequest {})
+                .get_public_keys(request)
                 .await
                 .map_err(|status| format!("GetPublicKeys: {}", status.message()))?;
             storemesh_tokens::parse_jwks(&response.into_inner().jwks_json)
@@ -195,7 +211,10 @@ impl Authenticator {
         })
     }
 
-    /// An authenticator fetching keys from `config.auth_endpoint`.
+    /// An authenticator fetching keys from `config.auth_endpoint` over a plain tonic channel
+    /// ([`GrpcKeySource::new`]), for tests and tools. Services fetch through the mesh:
+    /// `Authenticator::new(config, Arc::new(GrpcKeySource::with_channel(auth)), denylist)` with
+    /// `auth` from `storemesh_mesh::client::auth_channel`.
     pub fn from_config(
         config: &TokensConfig,
         denylist: Option<ConnectionManager>,

@@ -9,6 +9,8 @@
 //! The status is read where gRPC puts it: response headers for trailers-only answers, otherwise
 //! the trailers at the end of the body. A body dropped before its end (client went away) counts as
 //! `CANCELLED`.
+//!
+//! The names and their descriptions live with the process-wide recorder in [`crate::metrics`].
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -22,25 +24,8 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::error::code_name;
+pub use crate::metrics::{HANDLED_TOTAL, HANDLING_SECONDS, STARTED_TOTAL};
 use crate::telemetry::adopt_remote_parent;
-
-pub const STARTED_TOTAL: &str = "grpc_server_started_total";
-pub const HANDLED_TOTAL: &str = "grpc_server_handled_total";
-pub const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
-
-/// Registers metric descriptions so `/metrics` documents them.
-pub fn describe_metrics() {
-    metrics::describe_counter!(STARTED_TOTAL, "gRPC calls started on the server");
-    metrics::describe_counter!(
-        HANDLED_TOTAL,
-        "gRPC calls completed on the server, by status code"
-    );
-    metrics::describe_histogram!(
-        HANDLING_SECONDS,
-        metrics::Unit::Seconds,
-        "time from request to the end of the response stream"
-    );
-}
 
 /// Splits `/package.Service/Method` into its parts; anything else is labelled `unknown`.
 fn rpc_names(path: &str) -> (String, String) {

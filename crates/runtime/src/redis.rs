@@ -1,4 +1,5 @@
-//! Redis connections shared by the services that keep state there.
+//! Redis connections shared by the services that keep state there, and the set-up of the
+//! consumer groups they read streams with.
 
 use std::time::Duration;
 
@@ -10,8 +11,8 @@ use crate::config::{ConfigError, Validate};
 use crate::error::ServiceError;
 use crate::server::ReadinessCheck;
 
-/// The `redis` configuration section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The `redis` configuration section. `Debug` prints the URL without its password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`; also settable as `REDIS_URL`.
@@ -20,6 +21,22 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for one command's reply, in milliseconds.
     pub response_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be forgotten here.
+        let Self {
+            url,
+            connect_timeout_ms,
+            response_timeout_ms,
+        } = self;
+        f.debug_struct("RedisConfig")
+            .field("url", &crate::secret::redact_url(url))
+            .field("connect_timeout_ms", connect_timeout_ms)
+            .field("response_timeout_ms", response_timeout_ms)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -60,6 +77,29 @@ pub async fn connect(config: &RedisConfig) -> redis::RedisResult<ConnectionManag
     ConnectionManager::new_with_config(client, manager_config).await
 }
 
+/// Creates the consumer group `group` of `stream` (and the stream) unless the group exists.
+/// A new group starts at the beginning of the stream: entries written before the first consumer
+/// started are read too. "The group exists" is Redis's `BUSYGROUP` error code; any other
+/// error (e.g. `stream` holding another type) is returned.
+pub async fn ensure_group(
+    redis: &ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> =
+        redis::AsyncCommands::xgroup_create_mkstream(&mut redis.clone(), stream, group, "0").await;
+    match created {
+        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether a command failed because the consumer group (or its stream) is gone, e.g. after
+/// Redis was flushed: Redis's `NOGROUP` error code. [`ensure_group`] puts it back.
+pub fn is_missing_group(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOGROUP")
+}
+
 /// Readiness: Redis answers `PING`.
 #[derive(Clone)]
 pub struct RedisReadiness(pub ConnectionManager);
@@ -89,5 +129,24 @@ impl From<redis::RedisError> for ServiceError {
         } else {
             ServiceError::internal(error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_does_not_print_the_password() {
+        let config = RedisConfig {
+            url: "redis://storemesh:redis-password-123@10.0.0.5:6379/2".into(),
+            ..RedisConfig::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("redis-password-123"), "{debug}");
+        assert!(
+            debug.contains("storemesh:[redacted]@10.0.0.5:6379/2"),
+            "{debug}"
+        );
     }
 }

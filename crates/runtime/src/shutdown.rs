@@ -49,6 +49,20 @@ impl Shutdown {
         }
     }
 
+    /// The bridge from a process's shutdown future (e.g. [`signal`], or a test's channel) to a
+    /// trigger many tasks can wait on: triggered when `signal` resolves.
+    pub fn on(signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        let shutdown = Self::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                signal.await;
+                shutdown.trigger();
+            }
+        });
+        shutdown
+    }
+
     pub fn trigger(&self) {
         self.sender.send_replace(true);
     }

@@ -96,7 +96,7 @@ impl Drop for TelemetryGuard {
 pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     // The metrics recorder too, before any service builds its clients: metrics recorded before
     // it exists (e.g. an upstream's first discovery) would be lost.
-    crate::server::prometheus();
+    crate::metrics::prometheus();
     let mut builder = SdkTracerProvider::builder().with_resource(
         opentelemetry_sdk::Resource::builder()
             .with_service_name(format!("storemesh-{service}"))

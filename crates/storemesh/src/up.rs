@@ -20,6 +20,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::RngCore;
 use storemesh_runtime::ConfigLoader;
+use storemesh_runtime::backoff::{Backoff, Jitter};
 
 use crate::serve::Service;
 
@@ -116,6 +117,16 @@ struct Running {
 const REDIS: &str = "redis";
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 const MAX_QUICK_DEATHS: u32 = 5;
+/// The wait before restarting a child that died quickly `n` times in a row: 250 ms · 2^n
+/// (`n` = 0 after a healthy run), at most 16 s; taken at step `n + 1`.
+const RESTART_BACKOFF: Backoff = match Backoff::exponential(
+    Duration::from_millis(250),
+    Duration::from_secs(16),
+    Jitter::None,
+) {
+    Ok(backoff) => backoff,
+    Err(_) => panic!("a valid backoff"),
+};
 
 /// Children are stopped whatever happens: the services first (draining in parallel), then
 /// Redis once none of them can still be using it, so no in-flight call or consumer fails on
@@ -178,7 +189,7 @@ impl Children {
                     spec.name
                 );
             }
-            let delay = Duration::from_millis(250) * 2_u32.pow(quick_deaths.min(6));
+            let delay = RESTART_BACKOFF.ceiling(quick_deaths.saturating_add(1));
             println!(
                 "{:>8} | exited ({status}); restarting in {} ms",
                 spec.name,

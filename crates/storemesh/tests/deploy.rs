@@ -8,6 +8,8 @@
 //! - every Spin variable a deployment sets (`SPIN_VARIABLE_*`, `STOREMESH_EDGE__VARIABLES__*`,
 //!   the SpinApp's `variables`, the Fermyon Cloud commands of docs/DEPLOY.md) is declared in
 //!   `spin.toml` `[variables]`, and every required one gets a value;
+//! - the edge's `thumbnail_sizes` in every deployment (and spin.toml's default) are the
+//!   catalog's `variant_sizes` of the same deployment, so images become READY;
 //! - every metric (every label matcher and every `by` label) the PrometheusRule alerts use is
 //!   exported by real `storemesh serve` processes, scraped from their `/metrics` after real
 //!   calls and real event deliveries.
@@ -676,6 +678,139 @@ fn services_of_one_deployment_share_accounts_and_secrets() {
     assert!(
         failures.is_empty(),
         "services of one deployment that do not fit together:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// One source for the thumbnail sizes: an image is READY once the catalog has a `w{N}` variant
+/// for each of its `variant_sizes`, so the thumbnail function must make exactly those (`storemesh
+/// up` derives its `thumbnail_sizes` from them). Every deployment file that sets the edge's
+/// `thumbnail_sizes` (or leaves spin.toml's default) is checked against the catalog's
+/// `variant_sizes` configured in the same deployment (or the catalog's default): the compose
+/// file and the Kubernetes overlays, and the edge-only deployments against the overlays whose
+/// mesh they call (the SpinApp, the Fermyon Cloud commands of docs/DEPLOY.md).
+#[test]
+fn thumbnail_sizes_of_every_deployment_are_the_catalogs_variant_sizes() {
+    let manifest = spin_manifest();
+    let default_sizes: BTreeSet<u32> = storemesh_catalog::CatalogConfig::default()
+        .variant_sizes
+        .into_iter()
+        .collect();
+    let edge_sizes = |text: &str| -> Result<BTreeSet<u32>, String> {
+        text.split(',')
+            .map(|size| {
+                size.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("`{text}` is not a comma-separated list of sizes"))
+            })
+            .collect()
+    };
+    let mut failures = Vec::new();
+    let compare = |origin: &str, edge: &str, catalog: &BTreeSet<u32>| match edge_sizes(edge) {
+        Ok(sizes) if &sizes == catalog => None,
+        Ok(sizes) => Some(format!(
+            "{origin}: the edge makes thumbnails of {sizes:?}, the catalog waits for {catalog:?}"
+        )),
+        Err(error) => Some(format!("{origin}: thumbnail_sizes {error}")),
+    };
+
+    let spin_default = manifest
+        .variables
+        .get("thumbnail_sizes")
+        .and_then(|declaration| declaration.default.clone())
+        .expect("spin.toml declares thumbnail_sizes with a default");
+    failures.extend(compare(
+        "spin.toml (default)",
+        &spin_default,
+        &default_sizes,
+    ));
+
+    let mut deployments: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>> =
+        BTreeMap::new();
+    for set in kubernetes_env_sets().into_iter().chain(compose_env_sets()) {
+        deployments
+            .entry(set.origin)
+            .or_default()
+            .insert(set.service, set.env.into_iter().collect());
+    }
+    let mut overlay_sizes = Vec::new();
+    for (origin, services) in &deployments {
+        let env = |service: &str, key: &str| -> Option<String> {
+            services.get(service).and_then(|env| env.get(key)).cloned()
+        };
+        let catalog: BTreeSet<u32> = match env("catalog", "STOREMESH_CATALOG__VARIANT_SIZES") {
+            Some(text) => match format!("value = {text}").parse::<toml::Table>() {
+                Ok(table) => table["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(toml::Value::as_integer)
+                    .filter_map(|size| u32::try_from(size).ok())
+                    .collect(),
+                Err(error) => {
+                    failures.push(format!(
+                        "{origin}: STOREMESH_CATALOG__VARIANT_SIZES: {error}"
+                    ));
+                    continue;
+                }
+            },
+            None => default_sizes.clone(),
+        };
+        // As the edge runtime resolves a Spin variable (see `AppVariables::resolve`).
+        let edge = env("edge", "SPIN_VARIABLE_THUMBNAIL_SIZES")
+            .or_else(|| env("edge", "STOREMESH_EDGE__VARIABLES__THUMBNAIL_SIZES"))
+            .unwrap_or_else(|| spin_default.clone());
+        failures.extend(compare(origin, &edge, &catalog));
+        if origin.starts_with("deploy/k8s/overlays/") {
+            overlay_sizes.push((origin.clone(), catalog));
+        }
+    }
+    assert!(overlay_sizes.len() >= 2, "{:?}", deployments.keys());
+
+    // SpinKube replaces the overlays' embedded edge runtime (docs/DEPLOY.md).
+    let spinapp = yaml_documents(&deploy().join("k8s/spinkube/spinapp.yaml"))
+        .into_iter()
+        .find(|doc| doc.get("kind").and_then(Value::as_str) == Some("SpinApp"))
+        .expect("no SpinApp in spinapp.yaml");
+    let spinkube = get(&spinapp, &["spec", "variables"])
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .find(|variable| variable.get("name").and_then(Value::as_str) == Some("thumbnail_sizes"))
+        .and_then(|variable| variable.get("value").and_then(Value::as_str))
+        .map_or_else(|| spin_default.clone(), str::to_owned);
+    // Fermyon Cloud runs the functions against a mesh deployed with the overlays.
+    let deploy_md = std::fs::read_to_string(repo().join("docs/DEPLOY.md")).unwrap();
+    let fermyon = deploy_md
+        .split("### Fermyon Cloud")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/DEPLOY.md has no `### Fermyon Cloud` section");
+    let mut fermyon_values: Vec<String> = fermyon
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("thumbnail_sizes="))
+        .map(str::to_owned)
+        .collect();
+    if fermyon_values.is_empty() {
+        fermyon_values.push(spin_default.clone());
+    }
+    for (origin, catalog) in &overlay_sizes {
+        failures.extend(compare(
+            &format!("deploy/k8s/spinkube/spinapp.yaml with {origin}"),
+            &spinkube,
+            catalog,
+        ));
+        for value in &fermyon_values {
+            failures.extend(compare(
+                &format!("docs/DEPLOY.md (Fermyon Cloud) with {origin}"),
+                value,
+                catalog,
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "thumbnail sizes the catalog does not wait for (or waits for in vain):\n{}",
         failures.join("\n")
     );
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use storemesh_runtime::Secret;
 use storemesh_runtime::ServerConfig;
 use storemesh_runtime::config::{ConfigError, Validate};
 use storemesh_tokens::scopes;
@@ -26,7 +27,7 @@ pub struct AuthConfig {
     pub argon2: Argon2Config,
     /// The admin account created (or promoted) at start; nothing is created when empty.
     pub admin_email: String,
-    pub admin_password: String,
+    pub admin_password: Secret,
     pub admin_display_name: String,
     /// Service accounts created or updated at start.
     pub service_accounts: Vec<ServiceAccountConfig>,
@@ -46,7 +47,7 @@ impl Default for AuthConfig {
             service_token_ttl_secs: 15 * 60,
             argon2: Argon2Config::default(),
             admin_email: String::new(),
-            admin_password: String::new(),
+            admin_password: Secret::default(),
             admin_display_name: "Administrator".into(),
             service_accounts: Vec::new(),
             rate_limit: RateLimitConfig::default(),
@@ -81,7 +82,7 @@ impl Default for Argon2Config {
 #[serde(deny_unknown_fields)]
 pub struct ServiceAccountConfig {
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: Secret,
     pub scopes: Vec<String>,
 }
 
@@ -174,7 +175,7 @@ impl Validate for AuthConfig {
             ));
         }
         if !self.admin_password.is_empty()
-            && let Err(problem) = crate::validate::password_problem(&self.admin_password)
+            && let Err(problem) = crate::validate::password_problem(self.admin_password.expose())
         {
             return Err(invalid("admin_password", problem.into()));
         }
@@ -186,7 +187,7 @@ impl Validate for AuthConfig {
                     "1 to 64 characters of [A-Za-z0-9_.-]".into(),
                 ));
             }
-            if account.client_secret.len() < 16 || account.client_secret.len() > 256 {
+            if !(16..=256).contains(&account.client_secret.expose().len()) {
                 return Err(invalid(
                     &format!("{key}.client_secret"),
                     "must be 16 to 256 characters".into(),
@@ -220,5 +221,34 @@ impl Validate for AuthConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use storemesh_runtime::ConfigLoader;
+
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let config: AuthConfig = ConfigLoader::from_toml_str(
+            "[auth]\nadmin_email = \"admin@example.com\"\nadmin_password = \"admin-password-4711\"\n\
+             service_accounts = [{ client_id = \"thumbnail\", client_secret = \"client-secret-4711-abcdef\", scopes = [] }]\n",
+        )
+        .section("auth")
+        .unwrap();
+        assert_eq!(config.admin_password.expose(), "admin-password-4711");
+        assert_eq!(
+            config.service_accounts[0].client_secret.expose(),
+            "client-secret-4711-abcdef"
+        );
+        let debug = format!("{config:?}");
+        for secret in ["admin-password-4711", "client-secret-4711"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("admin@example.com"), "{debug}");
+        assert!(debug.contains("thumbnail"), "{debug}");
     }
 }

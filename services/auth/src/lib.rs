@@ -11,6 +11,8 @@ pub mod passwords;
 pub mod ratelimit;
 pub mod service;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;
 
 use std::sync::Arc;
@@ -80,7 +82,7 @@ pub async fn build(settings: AuthSettings) -> Result<ServiceHost, StartError> {
     let connection = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(|source| StartError::Redis {
-            url: redis.url.clone(),
+            url: storemesh_runtime::secret::redact_url(&redis.url),
             source,
         })?;
     let max_ttl = auth.access_token_ttl_secs.max(auth.service_token_ttl_secs);

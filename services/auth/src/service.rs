@@ -181,7 +181,7 @@ impl AuthApi {
         if let Some(problem) = validate::email_problem(&email) {
             return Err(ServiceError::invalid("auth.admin_email", problem));
         }
-        let password = self.config.admin_password.clone();
+        let password = self.config.admin_password.expose().clone();
         match self.store.user_by_email(&email).await? {
             Some(user) => {
                 if user.role != Role::Admin {
@@ -215,7 +215,10 @@ impl AuthApi {
     /// Stores the configured service accounts (secrets hashed).
     pub async fn bootstrap_service_accounts(&self) -> ServiceResult<()> {
         for account in &self.config.service_accounts {
-            let hash = self.hasher.hash(account.client_secret.clone()).await?;
+            let hash = self
+                .hasher
+                .hash(account.client_secret.expose().clone())
+                .await?;
             self.store
                 .put_service_account(&account.client_id, &hash, &account.scopes)
                 .await?;

@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
-use storemesh_auth::config::{Argon2Config, RateLimitConfig, ServiceAccountConfig};
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::config::RateLimitConfig;
+use storemesh_auth::{AuthSettings, testing};
 use storemesh_proto::auth::v1 as pb;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
-use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::{Authenticator, GrpcKeySource, KeySource, TokensConfig};
 use storemesh_runtime::redis::RedisConfig;
+use storemesh_runtime::testing::test_server;
 use storemesh_testkit::echo::{self, EchoServiceClient, pb::EchoRequest};
 use storemesh_testkit::{RedisServer, RunningHost};
 use storemesh_tokens::{Claims, PublicJwk, Role, SigningKey};
@@ -26,43 +26,16 @@ const ADMIN_EMAIL: &str = "admin@example.com";
 const ADMIN_PASSWORD: &str = "admin-password-1";
 const THUMBNAIL_SECRET: &str = "thumbnail-secret-0123456789";
 
-fn test_server() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 2_000,
-        ..ServerConfig::default()
-    }
-}
-
 fn settings(redis: &RedisServer, keys_dir: &std::path::Path) -> AuthSettings {
-    AuthSettings {
-        auth: AuthConfig {
-            server: test_server(),
-            keys_dir: keys_dir.to_path_buf(),
-            // Cheap hashing keeps the suite fast; production cost is the config default.
-            argon2: Argon2Config {
-                memory_kib: 256,
-                iterations: 1,
-                parallelism: 1,
-            },
-            admin_email: ADMIN_EMAIL.into(),
-            admin_password: ADMIN_PASSWORD.into(),
-            service_accounts: vec![ServiceAccountConfig {
-                client_id: "thumbnail".into(),
-                client_secret: THUMBNAIL_SECRET.into(),
-                scopes: vec![
-                    "storage.write:thumbnails".into(),
-                    "catalog.write:variants".into(),
-                ],
-            }],
-            ..AuthConfig::default()
-        },
-        redis: RedisConfig {
-            url: redis.url(),
-            ..RedisConfig::default()
-        },
-        tokens: TokensConfig::default(),
-    }
+    let mut settings = testing::auth_settings(&redis.url(), keys_dir);
+    settings.auth.admin_email = ADMIN_EMAIL.into();
+    settings.auth.admin_password = ADMIN_PASSWORD.into();
+    settings.auth.service_accounts = vec![testing::service_account(
+        "thumbnail",
+        THUMBNAIL_SECRET,
+        &["storage.write:thumbnails", "catalog.write:variants"],
+    )];
+    settings
 }
 
 struct Harness {

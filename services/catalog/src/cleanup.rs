@@ -9,12 +9,14 @@
 //! A [`Worker`] in every catalog process drains the stream through the consumer group
 //! `catalog-cleanup`: it calls `StorageService.Delete` at `catalog.storage_endpoint` with a
 //! service token (scope `storage.delete:products`) from the auth service's
-//! `IssueServiceToken`, cached until shortly before it expires. An entry is acknowledged and
-//! removed only when storage answers OK or `NOT_FOUND` (already gone); any other outcome,
-//! including storage being down, leaves it pending and the worker retries with exponential
-//! backoff and jitter. Entries a dead instance had taken are claimed after
-//! `catalog.cleanup.claim_idle_ms`. Without `catalog.service_client_id` the worker does not
-//! run and the entries wait until an instance with credentials starts.
+//! `IssueServiceToken`, cached until shortly before it expires (the shared
+//! `storemesh_mesh::client::ServiceTokens`); both go through the mesh (upstreams `storage`
+//! and `auth`). An entry is acknowledged and removed only when storage answers OK or
+//! `NOT_FOUND` (already gone); any other outcome, including storage being down, leaves it
+//! pending and the worker retries with exponential backoff and jitter. Entries a dead
+//! instance had taken are claimed after `catalog.cleanup.claim_idle_ms`. Without
+//! `catalog.service_client_id` the worker does not run and the entries wait until an
+//! instance with credentials starts.
 //!
 //! Not covered: thumbnails written *after* their image record was deleted (a late thumbnail
 //! job) are unknown to the catalog and stay in storage; a prefix sweep of `products/{id}/` can
@@ -27,19 +29,19 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
-use storemesh_proto::auth::v1::IssueServiceTokenRequest;
-use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use storemesh_mesh::MeshChannel;
+use storemesh_mesh::client::ServiceTokens;
 use storemesh_proto::storage::v1::DeleteRequest;
 use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
+use storemesh_runtime::backoff::{Backoff, BackoffError};
+use storemesh_runtime::redis::{ensure_group, is_missing_group};
 use storemesh_runtime::shutdown::Shutdown;
-use storemesh_tokens::scopes;
-use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::config::CleanupConfig;
 use crate::store::keys::CLEANUP_STREAM;
 
+/// The consumer group draining the outbox (created by `storemesh_runtime::redis::ensure_group`).
 pub const GROUP: &str = "catalog-cleanup";
 
 /// Counters for tests and logs.
@@ -67,42 +69,11 @@ impl CleanupStats {
     }
 }
 
-/// Creates the consumer group (and the stream) unless they exist.
-pub async fn ensure_group(redis: &ConnectionManager) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis
-        .clone()
-        .xgroup_create_mkstream(CLEANUP_STREAM, GROUP, "0")
-        .await;
-    match created {
-        Err(error) if error.to_string().contains("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
-
-/// The delay before retry number `failures` (1-based): `initial · 2^(failures-1)`, capped, then
-/// scaled by `jitter` in `[0.5, 1]` so instances do not retry in lockstep.
-pub fn backoff(config: &CleanupConfig, failures: u32, jitter: f64) -> Duration {
-    let exponent = failures.saturating_sub(1).min(30);
-    let base = config
-        .initial_backoff_ms
-        .saturating_mul(1_u64 << exponent)
-        .min(config.max_backoff_ms);
-    let scaled = (base as f64 * jitter.clamp(0.5, 1.0)).round() as u64;
-    Duration::from_millis(scaled.max(1))
-}
-
-fn endpoint(url: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .connect_lazy())
-}
-
 pub struct WorkerSettings {
-    pub storage_endpoint: String,
-    pub auth_endpoint: String,
-    pub client_id: String,
-    pub client_secret: String,
+    /// Storage, through the mesh; its upstream's `default_deadline_ms` bounds a `Delete`.
+    pub storage: MeshChannel,
+    /// The catalog's service account (scope `storage.delete:products`).
+    pub tokens: Arc<ServiceTokens>,
     pub config: CleanupConfig,
     /// How long one blocking outbox read waits for new entries.
     pub block: Duration,
@@ -110,12 +81,10 @@ pub struct WorkerSettings {
 
 pub struct Worker {
     redis: ConnectionManager,
-    storage: StorageServiceClient<Channel>,
-    auth: AuthServiceClient<Channel>,
-    client_id: String,
-    client_secret: String,
-    token: Option<(String, Instant)>,
+    storage: StorageServiceClient<MeshChannel>,
+    tokens: Arc<ServiceTokens>,
     config: CleanupConfig,
+    backoff: Backoff,
     consumer: String,
     block: Duration,
     stats: Arc<CleanupStats>,
@@ -123,8 +92,8 @@ pub struct Worker {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("invalid endpoint: {0}")]
-    Endpoint(#[from] tonic::transport::Error),
+    #[error("invalid catalog.cleanup backoff: {0}")]
+    Backoff(#[from] BackoffError),
 }
 
 impl Worker {
@@ -135,15 +104,13 @@ impl Worker {
         settings: WorkerSettings,
         stats: Arc<CleanupStats>,
     ) -> Result<Self, WorkerError> {
-        let timeout = Duration::from_millis(settings.config.request_timeout_ms);
+        let backoff = settings.config.backoff()?;
         Ok(Self {
             redis,
-            storage: StorageServiceClient::new(endpoint(&settings.storage_endpoint, timeout)?),
-            auth: AuthServiceClient::new(endpoint(&settings.auth_endpoint, timeout)?),
-            client_id: settings.client_id,
-            client_secret: settings.client_secret,
-            token: None,
+            storage: StorageServiceClient::new(settings.storage),
+            tokens: settings.tokens,
             config: settings.config,
+            backoff,
             consumer: format!("catalog-{}", ulid::Ulid::new()),
             block: settings.block,
             stats,
@@ -167,9 +134,9 @@ impl Worker {
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the clean-up outbox");
-                        if error.to_string().contains("NOGROUP") {
+                        if is_missing_group(&error) {
                             // The stream was removed (e.g. a flushed Redis): start it again.
-                            let _ = ensure_group(&self.redis).await;
+                            let _ = ensure_group(&self.redis, CLEANUP_STREAM, GROUP).await;
                         }
                         false
                     }
@@ -184,7 +151,7 @@ impl Worker {
                 continue;
             }
             failures = failures.saturating_add(1);
-            let delay = backoff(&self.config, failures, rand::random::<f64>() / 2.0 + 0.5);
+            let delay = self.backoff.delay(failures, rand::random::<f64>());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.wait() => break,
@@ -241,7 +208,7 @@ impl Worker {
         };
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("catalog_cleanup_attempts_total").increment(1);
-        let token = match self.token().await {
+        let token = match self.tokens.get().await {
             Ok(token) => token,
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "cannot get a service token for storage clean-up");
@@ -256,7 +223,7 @@ impl Worker {
                 request.metadata_mut().insert("authorization", value);
             }
             Err(_) => {
-                self.token = None;
+                self.tokens.invalidate(&token).await;
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
@@ -270,7 +237,7 @@ impl Worker {
             }
             Err(status) => {
                 if status.code() == Code::Unauthenticated {
-                    self.token = None;
+                    self.tokens.invalidate(&token).await;
                 }
                 tracing::warn!(%key, code = ?status.code(), message = status.message(), "storage delete failed; will retry");
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -302,35 +269,6 @@ impl Worker {
             }
         }
     }
-
-    /// A cached service token, renewed 30 s before it expires.
-    async fn token(&mut self) -> Result<String, tonic::Status> {
-        if let Some((token, renew_at)) = &self.token
-            && Instant::now() < *renew_at
-        {
-            return Ok(token.clone());
-        }
-        let issued = self
-            .auth
-            .issue_service_token(IssueServiceTokenRequest {
-                client_id: self.client_id.clone(),
-                client_secret: self.client_secret.clone(),
-                requested_scopes: vec![scopes::STORAGE_DELETE_PRODUCTS.to_owned()],
-            })
-            .await?
-            .into_inner();
-        let now_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or_default();
-        let expires = issued
-            .expire_time
-            .and_then(|time| u64::try_from(time.seconds).ok())
-            .unwrap_or(now_secs + 60);
-        let valid_for = Duration::from_secs(expires.saturating_sub(now_secs).saturating_sub(30));
-        self.token = Some((issued.access_token.clone(), Instant::now() + valid_for));
-        Ok(issued.access_token)
-    }
 }
 
 fn flatten(reply: Option<StreamReadReply>) -> Vec<StreamId> {
@@ -350,20 +288,15 @@ mod tests {
             max_backoff_ms: 1_000,
             ..CleanupConfig::default()
         };
-        let delays: Vec<u128> = (1..=6)
-            .map(|n| backoff(&config, n, 1.0).as_millis())
-            .collect();
+        let backoff = config.backoff().unwrap();
+        let delays: Vec<u128> = (1..=6).map(|n| backoff.delay(n, 1.0).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
         assert_eq!(
-            backoff(&config, 2, 0.5).as_millis(),
+            backoff.delay(2, 0.0).as_millis(),
             100,
             "jitter halves at most"
         );
-        assert_eq!(
-            backoff(&config, 2, 0.0).as_millis(),
-            100,
-            "jitter is clamped"
-        );
-        assert_eq!(backoff(&config, u32::MAX, 1.0).as_millis(), 1_000);
+        assert_eq!(backoff.delay(2, -1.0).as_millis(), 100, "jitter is clamped");
+        assert_eq!(backoff.delay(u32::MAX, 1.0).as_millis(), 1_000);
     }
 }

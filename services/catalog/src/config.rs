@@ -1,8 +1,12 @@
 //! The `[catalog]` configuration section.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
-use storemesh_runtime::ServerConfig;
+use storemesh_runtime::backoff::{Backoff, BackoffError, Jitter};
 use storemesh_runtime::config::{ConfigError, Validate};
+use storemesh_runtime::endpoint::ServiceEndpoint;
+use storemesh_runtime::{Secret, ServerConfig};
 
 /// Default largest gRPC message: 16 MiB, not the runtime's 4 MiB. The contract promises
 /// `INVALID_ARGUMENT` with a field violation for an oversized field (e.g. a 10 MB
@@ -14,8 +18,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// The local edge runtime, where the `images` function serves `/img/...` in development.
 pub const DEFAULT_PUBLIC_IMAGE_BASE_URL: &str = "http://127.0.0.1:3000";
 
-/// `Debug` is written by hand so secrets never reach a log line.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Secrets are [`Secret`]s, so `Debug` never prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
     pub server: ServerConfig,
@@ -23,13 +27,16 @@ pub struct CatalogConfig {
     /// `READY` once it has a variant named `w{N}` for every N here, so keep this equal to the
     /// thumbnail function's sizes.
     pub variant_sizes: Vec<u32>,
-    /// gRPC endpoint of the storage service, where the clean-up worker deletes objects.
+    /// gRPC endpoint of the storage service, where the clean-up worker deletes objects:
+    /// `http://host:port`, `https://host:port` or `dns:///name:port` (every address an
+    /// endpoint, re-resolved; see `storemesh_runtime::endpoint`). Called through the mesh
+    /// (upstream `storage`).
     pub storage_endpoint: String,
     /// Service account the clean-up worker uses to get a token with scope
     /// `storage.delete:products` from the auth service (`tokens.auth_endpoint`). When empty,
     /// the worker does not run and clean-up requests wait in the outbox.
     pub service_client_id: String,
-    pub service_client_secret: String,
+    pub service_client_secret: Secret,
     /// Changes buffered per `WatchProduct` stream; a watcher further behind than this is ended
     /// with `ABORTED` so it cannot hold back the others.
     pub watch_buffer: usize,
@@ -41,39 +48,7 @@ pub struct CatalogConfig {
     /// HMAC keys of `SignImageUrl` (each at least 16 bytes, at most 8): the first signs, the
     /// `images` function accepts any of its own list, so keys rotate by adding the new one
     /// first there, then here. Empty: `SignImageUrl` is `FAILED_PRECONDITION`.
-    pub image_url_signing_keys: Vec<String>,
-}
-
-impl std::fmt::Debug for CatalogConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured so a new field cannot be forgotten here.
-        let Self {
-            server,
-            variant_sizes,
-            storage_endpoint,
-            service_client_id,
-            service_client_secret,
-            watch_buffer,
-            cleanup,
-            public_image_base_url,
-            image_url_signing_keys,
-        } = self;
-        let redacted = |value: &str| if value.is_empty() { "" } else { "<redacted>" };
-        f.debug_struct("CatalogConfig")
-            .field("server", server)
-            .field("variant_sizes", variant_sizes)
-            .field("storage_endpoint", storage_endpoint)
-            .field("service_client_id", service_client_id)
-            .field("service_client_secret", &redacted(service_client_secret))
-            .field("watch_buffer", watch_buffer)
-            .field("cleanup", cleanup)
-            .field("public_image_base_url", public_image_base_url)
-            .field(
-                "image_url_signing_keys",
-                &format_args!("<{} redacted>", image_url_signing_keys.len()),
-            )
-            .finish()
-    }
+    pub image_url_signing_keys: Vec<Secret>,
 }
 
 impl Default for CatalogConfig {
@@ -86,7 +61,7 @@ impl Default for CatalogConfig {
             variant_sizes: vec![160, 320, 640],
             storage_endpoint: "http://127.0.0.1:50053".into(),
             service_client_id: String::new(),
-            service_client_secret: String::new(),
+            service_client_secret: Secret::default(),
             watch_buffer: 256,
             cleanup: CleanupConfig::default(),
             public_image_base_url: DEFAULT_PUBLIC_IMAGE_BASE_URL.into(),
@@ -110,6 +85,19 @@ pub struct CleanupConfig {
     pub batch_size: usize,
     /// Deadline of one storage `Delete` call, in milliseconds.
     pub request_timeout_ms: u64,
+}
+
+impl CleanupConfig {
+    /// The delay before retry number n (1-based): `initial · 2^(n-1)`, capped, less a random
+    /// share of at most half, so instances do not retry in lockstep. Refused (when the section
+    /// is validated) for `initial_backoff_ms = 0` or `max_backoff_ms < initial_backoff_ms`.
+    pub fn backoff(&self) -> Result<Backoff, BackoffError> {
+        Backoff::exponential(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+            Jitter::Proportional(0.5),
+        )
+    }
 }
 
 impl Default for CleanupConfig {
@@ -171,13 +159,8 @@ impl Validate for CatalogConfig {
         if required_variant_names(&self.variant_sizes).len() != self.variant_sizes.len() {
             return Err(invalid("variant_sizes", "sizes must not repeat"));
         }
-        if !(self.storage_endpoint.starts_with("http://")
-            || self.storage_endpoint.starts_with("https://"))
-        {
-            return Err(invalid(
-                "storage_endpoint",
-                "must be an http:// or https:// URL",
-            ));
+        if let Err(error) = ServiceEndpoint::parse(&self.storage_endpoint) {
+            return Err(invalid("storage_endpoint", &error.to_string()));
         }
         if self.service_client_id.is_empty() != self.service_client_secret.is_empty() {
             return Err(invalid(
@@ -186,7 +169,7 @@ impl Validate for CatalogConfig {
             ));
         }
         if !self.service_client_secret.is_empty()
-            && !(16..=256).contains(&self.service_client_secret.chars().count())
+            && !(16..=256).contains(&self.service_client_secret.expose().chars().count())
         {
             return Err(invalid(
                 "service_client_secret",
@@ -200,7 +183,9 @@ impl Validate for CatalogConfig {
             ));
         }
         if !self.image_url_signing_keys.is_empty()
-            && let Err(error) = storemesh_image_urls::SigningKeys::new(&self.image_url_signing_keys)
+            && let Err(error) = storemesh_image_urls::SigningKeys::new(
+                self.image_url_signing_keys.iter().map(Secret::expose),
+            )
         {
             // The error names an index and a length rule, never the key itself.
             return Err(invalid("image_url_signing_keys", &error.to_string()));
@@ -209,14 +194,20 @@ impl Validate for CatalogConfig {
             return Err(invalid("watch_buffer", "must be between 1 and 65536"));
         }
         let cleanup = self.cleanup;
-        if cleanup.initial_backoff_ms == 0 {
-            return Err(invalid("cleanup.initial_backoff_ms", "must be at least 1"));
-        }
-        if cleanup.max_backoff_ms < cleanup.initial_backoff_ms {
-            return Err(invalid(
-                "cleanup.max_backoff_ms",
-                "must be at least cleanup.initial_backoff_ms",
-            ));
+        if let Err(error) = cleanup.backoff() {
+            return Err(match error {
+                BackoffError::ZeroMin => {
+                    invalid("cleanup.initial_backoff_ms", "must be at least 1")
+                }
+                BackoffError::MaxBelowMin { .. } => invalid(
+                    "cleanup.max_backoff_ms",
+                    "must be at least cleanup.initial_backoff_ms",
+                ),
+                // The jitter is not configurable: this names the type's own complaint.
+                BackoffError::JitterOutOfRange(_) => {
+                    invalid("cleanup.max_backoff_ms", &error.to_string())
+                }
+            });
         }
         if !(1..=1000).contains(&cleanup.batch_size) {
             return Err(invalid("cleanup.batch_size", "must be between 1 and 1000"));

@@ -11,6 +11,7 @@
 //! deletes the stored objects of deleted products and images ([`cleanup`]). State lives in
 //! Redis; the key schema is documented in [`store`].
 
+pub mod authz;
 pub mod cleanup;
 pub mod config;
 pub mod model;
@@ -24,12 +25,14 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use storemesh_mesh::UpstreamConfig;
+use storemesh_mesh::client::{self, ClientError, ServiceTokens};
 use storemesh_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
-use storemesh_runtime::auth::{Authenticator, TokensConfig};
+use storemesh_runtime::auth::{Authenticator, GrpcKeySource, TokensConfig};
 use storemesh_runtime::redis::{RedisConfig, RedisReadiness};
 use storemesh_runtime::server::ServeError;
 use storemesh_runtime::shutdown::Shutdown;
-use storemesh_runtime::{ConfigError, ConfigLoader, ServiceError, ServiceHost};
+use storemesh_runtime::{ConfigError, ConfigLoader, Secret, ServiceError, ServiceHost};
 
 pub use config::CatalogConfig;
 
@@ -69,6 +72,8 @@ pub enum StartError {
     #[error("cannot set up the storage clean-up worker: {0}")]
     Cleanup(#[from] cleanup::WorkerError),
     #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
     Serve(#[from] ServeError),
 }
 
@@ -106,15 +111,22 @@ pub async fn build_with_handle(
         tokens,
     } = settings;
     let redis_error = |source| StartError::Redis {
-        url: redis.url.clone(),
+        url: storemesh_runtime::secret::redact_url(&redis.url),
         source,
     };
     let connection = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(redis_error)?;
 
-    let authenticator = Authenticator::from_config(&tokens, Some(connection.clone()))
-        .map_err(StartError::Authenticator)?;
+    // One channel to auth (upstream `auth`) for the verification keys and the clean-up
+    // worker's service tokens.
+    let auth = client::auth_channel(&tokens).await?;
+    let authenticator = Authenticator::new(
+        &tokens,
+        Arc::new(GrpcKeySource::with_channel(auth.clone())),
+        Some(connection.clone()),
+    )
+    .map_err(|error| StartError::Authenticator(ServiceError::internal(error)))?;
     // Best effort: when auth is not up yet, the first token with an unknown key fetches again.
     authenticator.prefetch_keys().await;
 
@@ -132,9 +144,13 @@ pub async fn build_with_handle(
     let worker_connection = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(redis_error)?;
-    cleanup::ensure_group(&worker_connection)
-        .await
-        .map_err(redis_error)?;
+    storemesh_runtime::redis::ensure_group(
+        &worker_connection,
+        store::keys::CLEANUP_STREAM,
+        cleanup::GROUP,
+    )
+    .await
+    .map_err(redis_error)?;
     let cleanup_stats = if catalog.service_client_id.is_empty() {
         tracing::warn!(
             "catalog.service_client_id is not set: stored objects of deleted products wait in the clean-up outbox"
@@ -142,13 +158,23 @@ pub async fn build_with_handle(
         None
     } else {
         let stats = Arc::new(cleanup::CleanupStats::default());
+        let timeout = catalog.cleanup.request_timeout_ms;
+        let storage = UpstreamConfig {
+            default_deadline_ms: timeout,
+            ..client::upstream("catalog.storage_endpoint", &catalog.storage_endpoint)?
+        };
+        let service_tokens = ServiceTokens::new(
+            auth,
+            catalog.service_client_id.clone(),
+            catalog.service_client_secret.clone(),
+        )
+        .scopes([storemesh_tokens::scopes::STORAGE_DELETE_PRODUCTS])
+        .timeout(Duration::from_millis(timeout));
         let worker = cleanup::Worker::new(
             worker_connection,
             cleanup::WorkerSettings {
-                storage_endpoint: catalog.storage_endpoint.clone(),
-                auth_endpoint: tokens.auth_endpoint.clone(),
-                client_id: catalog.service_client_id.clone(),
-                client_secret: catalog.service_client_secret.clone(),
+                storage: client::channel("storage", &storage).await?,
+                tokens: Arc::new(service_tokens),
                 config: catalog.cleanup,
                 // Below the connection's response timeout, so a quiet outbox is not an error.
                 block: Duration::from_millis((redis.response_timeout_ms / 2).clamp(1, 1_000)),
@@ -163,8 +189,10 @@ pub async fn build_with_handle(
         None
     } else {
         Some(
-            storemesh_image_urls::SigningKeys::new(&catalog.image_url_signing_keys)
-                .map_err(StartError::SigningKeys)?,
+            storemesh_image_urls::SigningKeys::new(
+                catalog.image_url_signing_keys.iter().map(Secret::expose),
+            )
+            .map_err(StartError::SigningKeys)?,
         )
     };
     let api = service::CatalogApi {

@@ -27,11 +27,23 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use storemesh_runtime::backoff::{Backoff, Jitter};
 use storemesh_runtime::shutdown::Shutdown;
 use storemesh_runtime::{ServiceError, ServiceResult};
 use tokio::sync::{mpsc, watch};
 
 use crate::store::keys;
+
+/// The wait before reconnecting the change feed after the n-th failure in a row: 100 ms,
+/// doubling, at most 5 s.
+const RECONNECT_BACKOFF: Backoff = match Backoff::exponential(
+    Duration::from_millis(100),
+    Duration::from_secs(5),
+    Jitter::None,
+) {
+    Ok(backoff) => backoff,
+    Err(_) => panic!("a valid backoff"),
+};
 
 /// One published change: its number in the product's change sequence and its encoded
 /// `WatchProductResponse` (without `sequence`).
@@ -195,7 +207,8 @@ impl Hub {
         connect_timeout: Duration,
         stop: Shutdown,
     ) {
-        let mut backoff = Duration::from_millis(100);
+        // Failed or lost connections since the last good one.
+        let mut failures: u32 = 0;
         loop {
             let connecting = async {
                 let mut pubsub = client.get_async_pubsub().await?;
@@ -209,7 +222,7 @@ impl Hub {
             match connected {
                 Ok(Ok(pubsub)) => {
                     tracing::info!("change feed connected");
-                    backoff = Duration::from_millis(100);
+                    failures = 0;
                     self.set_connected(true, EndReason::FeedLost);
                     let mut messages = pubsub.into_on_message();
                     loop {
@@ -230,11 +243,11 @@ impl Hub {
                 Ok(Err(error)) => tracing::warn!(%error, "cannot connect the change feed"),
                 Err(_) => tracing::warn!("connecting the change feed timed out"),
             }
+            failures = failures.saturating_add(1);
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(RECONNECT_BACKOFF.ceiling(failures)) => {}
                 () = stop.wait() => break,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         self.set_connected(false, EndReason::ShuttingDown);
     }

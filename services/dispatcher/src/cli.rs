@@ -91,7 +91,7 @@ pub async fn run(command: EventsCommand, loader: &ConfigLoader) -> Result<(), Cl
     let connection = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(|source| CliError::Connect {
-            url: redis.url.clone(),
+            url: storemesh_runtime::secret::redact_url(&redis.url),
             source,
         })?;
     let mut stdout = std::io::stdout();

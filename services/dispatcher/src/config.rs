@@ -7,14 +7,19 @@
 //! given `targets` are merged by name into the default targets.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use storemesh_mesh::UpstreamConfig;
-use storemesh_runtime::ServerConfig;
+use storemesh_runtime::backoff::{Backoff, BackoffError, Jitter};
 use storemesh_runtime::config::{ConfigError, Validate};
+use storemesh_runtime::{Secret, ServerConfig};
 
+use crate::plan::{Action, Plan, SchedulePlan, TargetPlan};
+use crate::retry::Policy;
 use crate::routing::{EventKind, RouteTable};
 use crate::schedule::Schedule;
+use crate::target::TargetSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,12 +67,12 @@ pub struct DispatcherConfig {
     pub max_event_age_secs: u64,
     /// HMAC secrets signing HTTP deliveries (at least 16 bytes each); all of them sign, so a
     /// new secret can be rolled out before the old one is removed.
-    pub signing_secrets: Vec<String>,
+    pub signing_secrets: Vec<Secret>,
     /// Service account used for gRPC targets and the reconciler (token from
     /// `AuthService.IssueServiceToken` at `tokens.auth_endpoint`). Needs scopes
     /// `catalog.write:variants`, `catalog.read` and `storage.read`.
     pub service_client_id: String,
-    pub service_client_secret: String,
+    pub service_client_secret: Secret,
     /// The catalog replicas (for `record_variant` targets and the reconciler).
     pub catalog: UpstreamConfig,
     /// The storage replicas (the reconciler's `Stat`).
@@ -284,7 +289,7 @@ impl Default for DispatcherConfig {
             max_event_age_secs: 86_400,
             signing_secrets: Vec::new(),
             service_client_id: String::new(),
-            service_client_secret: String::new(),
+            service_client_secret: Secret::default(),
             catalog: UpstreamConfig::addresses(["127.0.0.1:50052"]),
             storage: UpstreamConfig::addresses(["127.0.0.1:50053"]),
             targets: default_targets(),
@@ -296,6 +301,19 @@ impl Default for DispatcherConfig {
             }],
             reconciler: ReconcilerConfig::default(),
         }
+    }
+}
+
+impl DispatcherConfig {
+    /// The delay before retry n: full jitter under
+    /// `min(max_backoff_ms, initial_backoff_ms·2^(n-1))`. Refused (when the section is
+    /// validated) for `initial_backoff_ms = 0` or `max_backoff_ms < initial_backoff_ms`.
+    pub fn retry_backoff(&self) -> Result<Backoff, BackoffError> {
+        Backoff::exponential(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+            Jitter::Full,
+        )
     }
 }
 
@@ -314,6 +332,14 @@ impl Validate for DispatcherConfig {
     }
 
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        self.plan(section).map(drop)
+    }
+}
+
+impl DispatcherConfig {
+    /// Checks the section, naming the full key of what is wrong, and parses it into the
+    /// [`Plan`] the dispatcher runs (the section's validation is this call).
+    pub fn plan(&self, section: &str) -> Result<Plan, ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: format!("{section}.{field}"),
             message,
@@ -352,13 +378,13 @@ impl Validate for DispatcherConfig {
         if !(1..=100).contains(&self.max_attempts) {
             return Err(invalid("max_attempts", "must be between 1 and 100".into()));
         }
-        if self.initial_backoff_ms == 0 || self.max_backoff_ms < self.initial_backoff_ms {
+        let Ok(retry) = self.retry_backoff() else {
             return Err(invalid(
                 "max_backoff_ms",
                 "initial_backoff_ms must be at least 1 and max_backoff_ms at least initial_backoff_ms"
                     .into(),
             ));
-        }
+        };
         if self.forget_consumers_after_ms < 1_000 {
             return Err(invalid(
                 "forget_consumers_after_ms",
@@ -371,7 +397,7 @@ impl Validate for DispatcherConfig {
         if let Some(index) = self
             .signing_secrets
             .iter()
-            .position(|secret| secret.len() < storemesh_delivery::MIN_SECRET_LEN)
+            .position(|secret| secret.expose().len() < storemesh_delivery::MIN_SECRET_LEN)
         {
             return Err(invalid(
                 &format!("signing_secrets[{index}]"),
@@ -387,6 +413,7 @@ impl Validate for DispatcherConfig {
                 "service_client_id and service_client_secret are set together".into(),
             ));
         }
+        let mut targets = BTreeMap::new();
         for (name, target) in &self.targets {
             let field = |rest: &str| format!("targets.{name}.{rest}");
             if !is_name(name) {
@@ -395,17 +422,22 @@ impl Validate for DispatcherConfig {
                     "target names are 1 to 64 characters of [A-Za-z0-9_-]".into(),
                 ));
             }
-            if target.kind == TargetKind::Http {
-                let uri: Result<http::Uri, _> = target.url.parse();
-                let ok = uri
-                    .is_ok_and(|uri| uri.scheme_str() == Some("http") && uri.authority().is_some());
-                if !ok {
-                    return Err(invalid(
-                        &field("url"),
-                        "must be an http://host:port/path URL".into(),
-                    ));
+            let action = match target.kind {
+                TargetKind::Http => {
+                    let uri = target.url.parse::<http::Uri>().ok().filter(|uri| {
+                        uri.scheme_str() == Some("http") && uri.authority().is_some()
+                    });
+                    let Some(uri) = uri else {
+                        return Err(invalid(
+                            &field("url"),
+                            "must be an http://host:port/path URL".into(),
+                        ));
+                    };
+                    Action::Http(uri)
                 }
-            }
+                TargetKind::RecordVariant => Action::RecordVariant,
+                TargetKind::Reconciler => Action::Reconciler,
+            };
             if target.timeout_ms == 0 {
                 return Err(invalid(&field("timeout_ms"), "must be at least 1".into()));
             }
@@ -433,12 +465,35 @@ impl Validate for DispatcherConfig {
                     "must be between 1 and 100".into(),
                 ));
             }
+            let settings = TargetSettings {
+                timeout: Duration::from_millis(target.timeout_ms),
+                concurrency: target.concurrency,
+                policy: Policy {
+                    max_attempts: target.max_attempts.unwrap_or(self.max_attempts),
+                    backoff: retry,
+                },
+            };
+            let used = self.routes.iter().any(|route| route.target == *name)
+                || self
+                    .schedules
+                    .iter()
+                    .any(|schedule| schedule.target == *name);
+            targets.insert(
+                name.clone(),
+                TargetPlan {
+                    action,
+                    settings,
+                    used,
+                },
+            );
         }
         // Rules: names, targets, and no loops (see `routing`).
-        RouteTable::new(&self.routes, &self.targets).map_err(|error| ConfigError::Invalid {
-            key: format!("{section}.routes"),
-            message: error.to_string(),
-        })?;
+        let routes =
+            RouteTable::new(&self.routes, &self.targets).map_err(|error| ConfigError::Invalid {
+                key: format!("{section}.routes"),
+                message: error.to_string(),
+            })?;
+        let mut schedules = Vec::new();
         let mut names = Vec::new();
         for (index, schedule) in self.schedules.iter().enumerate() {
             let field = |rest: &str| format!("schedules[{index}].{rest}");
@@ -449,7 +504,7 @@ impl Validate for DispatcherConfig {
                 ));
             }
             names.push(schedule.name.as_str());
-            Schedule::parse(&schedule.schedule)
+            let parsed = Schedule::parse(&schedule.schedule)
                 .map_err(|error| invalid(&field("schedule"), error.to_string()))?;
             match self.targets.get(&schedule.target) {
                 Some(target) if target.kind == TargetKind::Reconciler => {}
@@ -466,6 +521,11 @@ impl Validate for DispatcherConfig {
                     ));
                 }
             }
+            schedules.push(SchedulePlan {
+                name: schedule.name.clone(),
+                schedule: parsed,
+                target: schedule.target.clone(),
+            });
         }
         let reconciler = &self.reconciler;
         if reconciler.stuck_after_secs == 0 || reconciler.lock_ttl_ms < 1_000 {
@@ -480,7 +540,12 @@ impl Validate for DispatcherConfig {
                 "must be between 1 and 100000".into(),
             ));
         }
-        Ok(())
+        Ok(Plan {
+            routes,
+            targets,
+            retry,
+            schedules,
+        })
     }
 }
 
@@ -570,6 +635,29 @@ target = "reconciler"
             table.targets_for(EventKind::ObjectDeleted, "products/p/x.jpg"),
             ["audit"]
         );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let config: DispatcherConfig = ConfigLoader::from_toml_str(
+            "[dispatcher]\nsigning_secrets = [\"signing-secret-4711-abcdef\"]\n\
+             service_client_id = \"dispatcher\"\nservice_client_secret = \"client-secret-4711-abcdef\"\n",
+        )
+        .section("dispatcher")
+        .unwrap();
+        assert_eq!(
+            config.signing_secrets[0].expose(),
+            "signing-secret-4711-abcdef"
+        );
+        assert_eq!(
+            config.service_client_secret.expose(),
+            "client-secret-4711-abcdef"
+        );
+        let debug = format!("{config:?}");
+        for secret in ["signing-secret-4711", "client-secret-4711"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("\"dispatcher\""), "{debug}");
     }
 
     #[test]

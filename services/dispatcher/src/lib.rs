@@ -18,19 +18,18 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod pattern;
+pub mod plan;
 pub mod reconciler;
 pub mod retry;
 pub mod routing;
 pub mod schedule;
 pub mod store;
 pub mod target;
-pub mod token;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use storemesh_mesh::{MeshChannel, Upstream};
+use storemesh_mesh::client::{self, ServiceTokens};
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
 use storemesh_runtime::auth::TokensConfig;
@@ -43,11 +42,8 @@ pub use config::DispatcherConfig;
 pub use engine::Engine;
 
 use crate::config::TargetKind;
-use crate::retry::Policy;
-use crate::routing::RouteTable;
-use crate::schedule::Schedule;
-use crate::target::{HttpTarget, RecordVariantTarget, Target, TargetSettings};
-use crate::token::ServiceTokens;
+use crate::plan::Action;
+use crate::target::{HttpTarget, RecordVariantTarget, Target};
 
 /// Everything the dispatcher reads from configuration.
 #[derive(Debug, Clone)]
@@ -85,10 +81,8 @@ pub enum StartError {
         "dispatcher.service_client_id / service_client_secret are not set: target(s) {0} call mesh services with a service token; configure a service account with scopes catalog.write:variants, catalog.read and storage.read"
     )]
     NoServiceAccount(String),
-    #[error("invalid endpoint: {0}")]
-    Endpoint(#[from] tonic::transport::Error),
-    #[error("cannot set up the {upstream} upstream: {message}")]
-    Upstream { upstream: String, message: String },
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -135,46 +129,27 @@ fn default_consumer() -> String {
     )
 }
 
-/// Validates the rules, connects, creates the consumer group and binds the host's listeners.
+/// Plans the section ([`DispatcherConfig::plan`]: refused as when it is loaded), connects,
+/// creates the consumer group and binds the host's listeners.
 pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartError> {
     let DispatcherSettings {
         dispatcher: config,
         redis,
         tokens,
     } = settings;
-    // Loops are refused here too (not only when the section is loaded), naming the rules.
-    let routes =
-        RouteTable::new(&config.routes, &config.targets).map_err(|error| ConfigError::Invalid {
-            key: "dispatcher.routes".into(),
-            message: error.to_string(),
-        })?;
-    let used: Vec<&str> = config
-        .routes
-        .iter()
-        .map(|route| route.target.as_str())
-        .chain(config.schedules.iter().map(|s| s.target.as_str()))
-        .collect();
-    let used_of = |kinds: &[TargetKind]| -> Vec<&str> {
-        let mut names: Vec<&str> = config
-            .targets
-            .iter()
-            .filter(|(name, target)| kinds.contains(&target.kind) && used.contains(&name.as_str()))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        names.dedup();
-        names
-    };
-    let http_targets = used_of(&[TargetKind::Http]);
+    // Checked here too (not only when the section is loaded): a section built in code.
+    let plan = config.plan("dispatcher")?;
+    let http_targets = plan.used_targets(&[TargetKind::Http]);
     if !http_targets.is_empty() && config.signing_secrets.is_empty() {
         return Err(StartError::NoSigningSecret(http_targets.join(", ")));
     }
-    let mesh_targets = used_of(&[TargetKind::RecordVariant, TargetKind::Reconciler]);
+    let mesh_targets = plan.used_targets(&[TargetKind::RecordVariant, TargetKind::Reconciler]);
     if !mesh_targets.is_empty() && config.service_client_id.is_empty() {
         return Err(StartError::NoServiceAccount(mesh_targets.join(", ")));
     }
 
     let redis_error = |source| StartError::Redis {
-        url: redis.url.clone(),
+        url: storemesh_runtime::secret::redact_url(&redis.url),
         source,
     };
     let connection = storemesh_runtime::redis::connect(&redis)
@@ -183,7 +158,9 @@ pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartErro
     let reader = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(redis_error)?;
-    engine::ensure_group(&connection, &config)
+    // A new group starts at the beginning of the stream: events written before the first
+    // dispatcher started are delivered.
+    storemesh_runtime::redis::ensure_group(&connection, &config.stream, &config.group)
         .await
         .map_err(redis_error)?;
     // A blocking read must end before the connection's response timeout.
@@ -192,28 +169,21 @@ pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartErro
         .min(redis.response_timeout_ms.saturating_sub(200).max(1));
     let block_ms = usize::try_from(block_ms).unwrap_or(1_000);
 
-    let upstream = |name: &'static str, upstream: storemesh_mesh::UpstreamConfig| async move {
-        Upstream::start(name, upstream)
-            .await
-            .map_err(|error| StartError::Upstream {
-                upstream: name.into(),
-                message: error.to_string(),
-            })
-    };
+    // Every call to another service goes through the mesh (`storemesh_mesh::client`).
     let needs_mesh = !mesh_targets.is_empty();
     let service_tokens = if needs_mesh {
         Some(Arc::new(ServiceTokens::new(
-            &tokens.auth_endpoint,
-            &config.service_client_id,
-            &config.service_client_secret,
-        )?))
+            client::auth_channel(&tokens).await?,
+            config.service_client_id.clone(),
+            config.service_client_secret.clone(),
+        )))
     } else {
         None
     };
     let catalog = if needs_mesh {
-        Some(CatalogServiceClient::new(MeshChannel::new(
-            upstream("catalog", config.catalog.clone()).await?,
-        )))
+        Some(CatalogServiceClient::new(
+            client::channel("catalog", &config.catalog).await?,
+        ))
     } else {
         None
     };
@@ -222,30 +192,20 @@ pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartErro
         config
             .signing_secrets
             .iter()
-            .map(|secret| secret.as_bytes().to_vec())
+            .map(|secret| secret.expose().as_bytes().to_vec())
             .collect(),
     );
     let mut targets = BTreeMap::new();
     let mut reconciler = None;
-    for (name, target) in &config.targets {
-        let settings = TargetSettings {
-            timeout: Duration::from_millis(target.timeout_ms),
-            concurrency: target.concurrency,
-            policy: Policy {
-                max_attempts: target.max_attempts.unwrap_or(config.max_attempts),
-                initial_backoff: Duration::from_millis(config.initial_backoff_ms),
-                max_backoff: Duration::from_millis(config.max_backoff_ms),
-            },
-        };
-        let built = match target.kind {
-            TargetKind::Http => {
-                let url: http::Uri = target.url.parse().map_err(|_| ConfigError::Invalid {
-                    key: format!("dispatcher.targets.{name}.url"),
-                    message: "must be an http://host:port/path URL".into(),
-                })?;
-                Target::http(name, settings, HttpTarget::new(url, secrets.clone()))
-            }
-            TargetKind::RecordVariant => match (&catalog, &service_tokens) {
+    for (name, target) in &plan.targets {
+        let settings = target.settings;
+        let built = match &target.action {
+            Action::Http(url) => Target::http(
+                name,
+                settings,
+                HttpTarget::new(url.clone(), secrets.clone()),
+            ),
+            Action::RecordVariant => match (&catalog, &service_tokens) {
                 (Some(catalog), Some(tokens)) => Target::record_variant(
                     name,
                     settings,
@@ -253,14 +213,14 @@ pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartErro
                 ),
                 _ => continue, // configured but unused
             },
-            TargetKind::Reconciler => {
+            Action::Reconciler => {
                 if let (Some(catalog), Some(tokens)) = (&catalog, &service_tokens)
                     && reconciler.is_none()
-                    && used.contains(&name.as_str())
+                    && target.used
                 {
-                    let storage = StorageServiceClient::new(MeshChannel::new(
-                        upstream("storage", config.storage.clone()).await?,
-                    ));
+                    let storage = StorageServiceClient::new(
+                        client::channel("storage", &config.storage).await?,
+                    );
                     reconciler = Some(Arc::new(reconciler::Reconciler::new(
                         catalog.clone(),
                         storage,
@@ -276,21 +236,8 @@ pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartErro
         };
         targets.insert(name.clone(), Arc::new(built));
     }
-    let schedules = config
-        .schedules
-        .iter()
-        .map(|schedule| {
-            Schedule::parse(&schedule.schedule)
-                .map(|parsed| (schedule.clone(), parsed))
-                .map_err(|error| ConfigError::Invalid {
-                    key: format!("dispatcher.schedules.{}.schedule", schedule.name),
-                    message: error.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
     // Install the process-wide recorder first: series touched before it would be lost.
-    let _ = storemesh_runtime::server::prometheus();
+    let _ = storemesh_runtime::metrics::prometheus();
     metrics::describe();
     // Register every series at zero so dashboards and alerts see them before the first event.
     for name in targets.keys() {
@@ -314,7 +261,15 @@ pub async fn build(settings: DispatcherSettings) -> Result<Dispatcher, StartErro
         .bind()
         .await?;
     let engine = Engine::new(
-        config, connection, reader, block_ms, routes, targets, consumer, schedules, reconciler,
+        config,
+        connection,
+        reader,
+        block_ms,
+        plan.routes,
+        targets,
+        consumer,
+        plan.schedules,
+        reconciler,
     );
     Ok(Dispatcher { host, engine })
 }

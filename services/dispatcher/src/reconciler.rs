@@ -23,6 +23,7 @@ use std::time::Duration;
 use prost::Message;
 use redis::aio::ConnectionManager;
 use storemesh_mesh::MeshChannel;
+use storemesh_mesh::client::ServiceTokens;
 use storemesh_proto::catalog::v1 as catalog_pb;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::events::v1 as events_pb;
@@ -32,7 +33,6 @@ use storemesh_runtime::time::{now_ms, now_timestamp, timestamp_from_ms};
 
 use crate::config::ReconcilerConfig;
 use crate::metrics;
-use crate::token::ServiceTokens;
 
 /// `Event.source` of re-emitted events.
 pub const SOURCE: &str = "storemesh.dispatcher.reconciler";
@@ -146,8 +146,8 @@ impl Reconciler {
                 .await
                 .map_err(|status| {
                     if status.code() == tonic::Code::Unauthenticated {
-                        let tokens = self.tokens.clone();
-                        tokio::spawn(async move { tokens.invalidate().await });
+                        let (tokens, refused) = (self.tokens.clone(), token.clone());
+                        tokio::spawn(async move { tokens.invalidate(&refused).await });
                     }
                     ReconcileError::List(status)
                 })?

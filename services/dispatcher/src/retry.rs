@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use storemesh_runtime::backoff::Backoff;
 
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,31 +65,22 @@ pub enum Decision {
 }
 
 /// Retry policy of one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// The delay after failed attempt `n` (1-based): full jitter ("Exponential Backoff and
+    /// Jitter", AWS Architecture Blog) under `min(max, initial · 2^(n-1))`, so instances
+    /// retrying the same outage spread out.
+    pub backoff: Backoff,
 }
 
 impl Policy {
-    /// The ceiling of the delay after failed attempt `attempt` (1-based):
-    /// `min(max, initial · 2^(attempt-1))`.
-    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(30);
-        self.initial_backoff
-            .saturating_mul(1_u32 << exponent)
-            .min(self.max_backoff)
-    }
-
-    /// Full jitter ("Exponential Backoff and Jitter", AWS Architecture Blog): a uniformly
-    /// random delay up to the ceiling, `jitter` in `[0, 1]`, so instances retrying the same
-    /// outage spread out. A target's `Retry-After` is honoured as a floor, within the maximum.
+    /// The delay after failed attempt `attempt`, `jitter` in `[0, 1]` (see [`Backoff::delay`]).
+    /// A target's `Retry-After` is honoured as a floor, within the maximum; never zero.
     pub fn delay(&self, attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
-        let ceiling = self.backoff_ceiling(attempt);
-        let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
-        let floor = retry_after.unwrap_or_default().min(self.max_backoff);
+        let jittered = self.backoff.delay(attempt, jitter);
+        let floor = retry_after.unwrap_or_default().min(self.backoff.max());
         jittered.max(floor).max(Duration::from_millis(1))
     }
 
@@ -175,12 +167,17 @@ pub fn too_old(event_ms: i64, now_ms: i64, max_age: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use storemesh_runtime::backoff::Jitter;
 
     fn policy() -> Policy {
         Policy {
             max_attempts: 4,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(1_000),
+            backoff: Backoff::exponential(
+                Duration::from_millis(100),
+                Duration::from_millis(1_000),
+                Jitter::Full,
+            )
+            .unwrap(),
         }
     }
 
@@ -188,7 +185,7 @@ mod tests {
     fn backoff_doubles_up_to_the_cap_with_full_jitter() {
         let policy = policy();
         let ceilings: Vec<u128> = (1..=6)
-            .map(|n| policy.backoff_ceiling(n).as_millis())
+            .map(|n| policy.backoff.ceiling(n).as_millis())
             .collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1_000, 1_000]);
         assert_eq!(policy.delay(3, 1.0, None).as_millis(), 400);
@@ -208,7 +205,7 @@ mod tests {
             1_000,
             "within the maximum"
         );
-        assert_eq!(policy.backoff_ceiling(u32::MAX).as_millis(), 1_000);
+        assert_eq!(policy.backoff.ceiling(u32::MAX).as_millis(), 1_000);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use storemesh_delivery as delivery;
 use storemesh_mesh::MeshChannel;
+use storemesh_mesh::client::ServiceTokens;
 use storemesh_proto::catalog::v1 as catalog_pb;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::events::v1 as events_pb;
@@ -21,7 +22,6 @@ use tokio::sync::Semaphore;
 
 use crate::config::TargetKind;
 use crate::retry::{Attempt, Policy, classify_grpc, classify_http};
-use crate::token::ServiceTokens;
 
 /// How much of an error answer's body is kept for the dead letter.
 const ERROR_BODY_BYTES: usize = 512;
@@ -268,7 +268,7 @@ impl RecordVariantTarget {
             Ok(_) => Attempt::Delivered,
             Err(status) => {
                 if status.code() == tonic::Code::Unauthenticated {
-                    self.tokens.invalidate().await;
+                    self.tokens.invalidate(&token).await;
                 }
                 classify_grpc(status.code(), status.message(), true)
             }

@@ -259,7 +259,7 @@ impl App {
     /// pre-instantiates every triggered component.
     pub async fn load(config: &EdgeConfig) -> Result<Self, EdgeError> {
         // Install the process-wide Prometheus recorder before the first metric is touched.
-        storemesh_runtime::server::prometheus();
+        storemesh_runtime::metrics::prometheus();
         let manifest = Manifest::load(&config.manifest)?;
         let app_variables =
             AppVariables::resolve(&manifest, &config.variables, |name| std::env::var(name))?;

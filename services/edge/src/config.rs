@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use storemesh_runtime::Secret;
 use storemesh_runtime::config::{ConfigError, Validate};
 
 use crate::template::is_variable_name;
 
 const MIB: u64 = 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` is written by hand: variable values may be secrets (the manifest says which), so it
+/// prints their names only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
     /// HTTP listen address of the application (Spin's default is 127.0.0.1:3000).
@@ -45,6 +48,46 @@ pub struct EdgeConfig {
     pub outbound_connect_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT, in milliseconds.
     pub shutdown_grace_ms: u64,
+}
+
+impl std::fmt::Debug for EdgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be forgotten here.
+        let Self {
+            listen,
+            admin_listen,
+            manifest,
+            variables,
+            h2c_prior_knowledge,
+            max_instances,
+            max_memory_bytes,
+            execution_timeout_ms,
+            epoch_tick_ms,
+            cache_dir,
+            outbound_connect_timeout_ms,
+            shutdown_grace_ms,
+        } = self;
+        // Whether a variable is secret is declared in the manifest, not here: every value is
+        // printed as a secret.
+        let variables = variables
+            .keys()
+            .map(|name| (name, Secret::new(())))
+            .collect::<BTreeMap<_, _>>();
+        f.debug_struct("EdgeConfig")
+            .field("listen", listen)
+            .field("admin_listen", admin_listen)
+            .field("manifest", manifest)
+            .field("variables", &variables)
+            .field("h2c_prior_knowledge", h2c_prior_knowledge)
+            .field("max_instances", max_instances)
+            .field("max_memory_bytes", max_memory_bytes)
+            .field("execution_timeout_ms", execution_timeout_ms)
+            .field("epoch_tick_ms", epoch_tick_ms)
+            .field("cache_dir", cache_dir)
+            .field("outbound_connect_timeout_ms", outbound_connect_timeout_ms)
+            .field("shutdown_grace_ms", shutdown_grace_ms)
+            .finish()
+    }
 }
 
 impl Default for EdgeConfig {
@@ -180,6 +223,22 @@ mod tests {
         .unwrap();
         assert_eq!(config.variables["gateway"], "http://127.0.0.1:50050");
         assert_eq!(config.h2c_prior_knowledge, ["127.0.0.1:50050"]);
+    }
+
+    #[test]
+    fn variable_values_stay_out_of_debug() {
+        let config = load(
+            "[edge.variables]\ngateway_url = \"http://127.0.0.1:50050\"\nthumbnail_client_secret = \"client-secret-4711-abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.variables["thumbnail_client_secret"],
+            "client-secret-4711-abcdef"
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("client-secret-4711"), "{debug}");
+        assert!(debug.contains("thumbnail_client_secret"), "{debug}");
+        assert!(debug.contains("spin.toml"), "{debug}");
     }
 
     #[test]

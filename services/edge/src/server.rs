@@ -1,21 +1,20 @@
-//! The HTTP listener (HTTP/1.1 and h2c) serving the application, and the admin port.
+//! The HTTP listener (HTTP/1.1 and h2c) serving the application, and the admin port: the
+//! runtime's shared accept loop, drain and admin server (`storemesh_runtime::server`), with the
+//! application as the service.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use storemesh_runtime::server::prometheus;
-use storemesh_runtime::shutdown::Shutdown;
+use storemesh_runtime::server::{AdminServer, ReadyState, ServeOptions, bind, serve};
 use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
+
+/// What `/readyz` says before the listener serves and once it drains.
+const NOT_SERVING: &str = "not serving";
 
 /// A bound, not yet running edge runtime.
 pub struct EdgeServer {
@@ -25,17 +24,17 @@ pub struct EdgeServer {
     shutdown_grace: Duration,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|error| EdgeError::Bind { addr, error })
-}
-
 impl EdgeServer {
     /// Binds both listeners, so an address in use fails here and `:0` ports become known.
     pub async fn bind(app: App, config: &EdgeConfig) -> Result<Self, EdgeError> {
-        let listener = bind(config.listen).await?;
-        let admin = bind(config.admin_listen).await?;
+        let listen = |addr| async move {
+            bind(addr).await.map_err(|error| EdgeError::Bind {
+                addr,
+                error: error.source,
+            })
+        };
+        let listener = listen(config.listen).await?;
+        let admin = listen(config.admin_listen).await?;
         Ok(Self {
             app: Arc::new(app),
             listener,
@@ -62,30 +61,8 @@ impl EdgeServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), EdgeError> {
-        let ready = Arc::new(AtomicBool::new(false));
-        let stop = Shutdown::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                stop.trigger();
-            }
-        });
-
-        let admin_stop = Shutdown::new();
-        let admin = tokio::spawn(serve_admin(self.admin, ready.clone(), admin_stop.clone()));
-        let upkeep = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => prometheus().run_upkeep(),
-                        () = stop.wait() => break,
-                    }
-                }
-            }
-        });
+        let ready = ReadyState::not_ready(NOT_SERVING);
+        let admin = AdminServer::spawn(self.admin, ready.clone());
 
         let addr = self.listener.local_addr().ok();
         tracing::info!(
@@ -93,79 +70,32 @@ impl EdgeServer {
             listen = %addr.map(|a| a.to_string()).unwrap_or_default(),
             "serving"
         );
-        ready.store(true, Ordering::SeqCst);
+        ready.set(None);
 
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, client) = match accepted {
-                        Ok(pair) => pair,
-                        Err(error) => {
-                            // E.g. too many open files: keep serving what is open.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let app = self.app.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let app = app.clone();
-                            // A rejected request makes hyper drop the connection (HTTP/1) or reset the
-                            // stream (HTTP/2) without a response, as Spin's server does.
-                            async move { app.handle(request, client).await }
-                        });
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        if let Err(error) = watcher.watch(connection).await {
-                            tracing::debug!(%client, error = %error, "connection ended with an error");
-                        }
-                    });
-                }
-                () = stop.wait() => break,
-            }
-        }
-        ready.store(false, Ordering::SeqCst);
-        drop(self.listener);
-        tracing::info!("shutting down: draining in-flight requests");
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(self.shutdown_grace) => {
-                tracing::warn!(grace_ms = self.shutdown_grace.as_millis() as u64, "drain timed out; closing remaining connections");
-            }
-        }
-        admin_stop.trigger();
-        let _ = tokio::join!(admin, upkeep);
+        let drain_signal = async move {
+            shutdown.await;
+            ready.set(Some(NOT_SERVING.into()));
+            tracing::info!("shutting down: draining in-flight requests");
+        };
+        let app = self.app;
+        serve(
+            self.listener,
+            ServeOptions::new(self.shutdown_grace),
+            move |connection| {
+                let app = app.clone();
+                let client = connection.remote;
+                tower::service_fn(move |request| {
+                    let app = app.clone();
+                    // A rejected request makes hyper drop the connection (HTTP/1) or reset the
+                    // stream (HTTP/2) without a response, as Spin's server does.
+                    async move { app.handle(request, client).await }
+                })
+            },
+            drain_signal,
+        )
+        .await;
+        admin.stop().await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-async fn serve_admin(listener: TcpListener, ready: Arc<AtomicBool>, stop: Shutdown) {
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            get(|| std::future::ready(prometheus().render())),
-        )
-        .route("/healthz", get(|| std::future::ready("ok\n")))
-        .route(
-            "/readyz",
-            get(move || {
-                std::future::ready(if ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
-                })
-            }),
-        );
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.wait())
-        .await
-    {
-        tracing::error!(%error, "admin server failed");
     }
 }

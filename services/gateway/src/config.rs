@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     pub streaming_methods: Vec<String>,
     pub max_streaming_request_bytes: u64,
     /// Methods callable without an access token; every other method needs a valid one.
+    /// Default: the RPCs the contracts mark `(storemesh.options.v1.public_method) = true`
+    /// (`storemesh_proto::contract::public_methods`). Setting the key replaces that list, so it
+    /// can also take methods away: list the defaults you keep.
     pub public_methods: Vec<String>,
     pub rate_limit: GatewayRateLimit,
     /// Serve TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext. `storemesh gateway
@@ -140,24 +143,12 @@ impl Default for GatewayConfig {
             max_request_bytes: 8 * 1024 * 1024,
             streaming_methods: vec![format!("/{STORAGE_SERVICE}/Upload")],
             max_streaming_request_bytes: 2 * 1024 * 1024 * 1024,
-            public_methods: [
-                "Register",
-                "Login",
-                "Refresh",
-                "Logout",
-                "GetPublicKeys",
-                "IssueServiceToken",
-            ]
-            .iter()
-            .map(|method| format!("/{AUTH_SERVICE}/{method}"))
-            // The storefront reads: anonymous shoppers see published products (the catalog
-            // still verifies a token that is sent).
-            .chain(
-                ["GetProduct", "ListProducts", "ListProductImages"]
-                    .iter()
-                    .map(|method| format!("/{CATALOG_SERVICE}/{method}")),
-            )
-            .collect(),
+            // Auth's sign-up, log-in and token calls and the storefront reads (anonymous
+            // shoppers see published products; the catalog still verifies a token that is sent).
+            public_methods: storemesh_proto::contract::public_methods()
+                .iter()
+                .cloned()
+                .collect(),
             rate_limit: GatewayRateLimit::default(),
             tls: None,
             cors: CorsConfig::default(),
@@ -232,6 +223,39 @@ impl Validate for GatewayConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn public_methods_default_to_the_contracts_and_configuration_replaces_them() {
+        let load = |toml: &str| {
+            storemesh_runtime::ConfigLoader::from_toml_str(toml)
+                .section::<GatewayConfig>("gateway")
+                .unwrap()
+        };
+        let auth = [
+            "Register",
+            "Login",
+            "Refresh",
+            "Logout",
+            "GetPublicKeys",
+            "IssueServiceToken",
+        ]
+        .map(|method| format!("/{AUTH_SERVICE}/{method}"));
+        let catalog = ["GetProduct", "ListProducts", "ListProductImages"]
+            .map(|method| format!("/{CATALOG_SERVICE}/{method}"));
+        let mut defaults = load("").public_methods;
+        defaults.sort();
+        let mut expected: Vec<String> = auth.into_iter().chain(catalog).collect();
+        expected.sort();
+        assert_eq!(defaults, expected);
+        assert_eq!(
+            GatewayConfig::default().public_methods.len(),
+            expected.len()
+        );
+
+        let only_login = format!("/{AUTH_SERVICE}/Login");
+        let config = load(&format!("[gateway]\npublic_methods = [\"{only_login}\"]\n"));
+        assert_eq!(config.public_methods, [only_login]);
+    }
 
     #[test]
     fn cors_origins_are_exact_origins() {

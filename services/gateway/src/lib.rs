@@ -21,19 +21,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use storemesh_mesh::Upstream;
 use storemesh_runtime::auth::{Authenticator, TokensConfig};
-use storemesh_runtime::observe::RpcObserveLayer;
-use storemesh_runtime::server::{ReadyState, serve_admin};
-use storemesh_runtime::shed::LoadShedLayer;
-use storemesh_runtime::shutdown::Shutdown;
+use storemesh_runtime::server::{
+    AdminServer, BindError, GrpcLayer, ReadyState, ServeOptions, bind, serve,
+};
 use storemesh_runtime::{ConfigError, ConfigLoader};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use config::GatewayConfig;
 use proxy::{Gateway, GatewayService, PeerAddr};
@@ -69,6 +64,12 @@ pub enum StartError {
     Tls(String),
 }
 
+impl From<BindError> for StartError {
+    fn from(BindError { addr, source }: BindError) -> Self {
+        Self::Bind { addr, source }
+    }
+}
+
 /// A bound gateway, ready to [`BoundGateway::run`].
 pub struct BoundGateway {
     listener: TcpListener,
@@ -86,11 +87,6 @@ pub async fn build(
     extra_descriptor_sets: &[&'static [u8]],
 ) -> Result<BoundGateway, StartError> {
     let config = settings.gateway;
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
     let tls = match &config.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
             storemesh_mesh::tls::server_config(&files.cert_file, &files.key_file)
@@ -109,7 +105,12 @@ pub async fn build(
         upstreams.insert(name, started);
     }
     // No denylist here: the gateway has no Redis; the services check revocation themselves.
-    let authenticator = Authenticator::from_config(&settings.tokens, None)
+    // Keys from `tokens.auth_endpoint` through the mesh (`storemesh_mesh::client`).
+    let auth = storemesh_mesh::client::auth_channel(&settings.tokens)
+        .await
+        .map_err(|error| StartError::Tokens(error.to_string()))?;
+    let keys = storemesh_runtime::auth::GrpcKeySource::with_channel(auth);
+    let authenticator = Authenticator::new(&settings.tokens, Arc::new(keys), None)
         .map_err(|error| StartError::Tokens(error.to_string()))?;
     let gateway = Arc::new(Gateway::new(&config, &upstreams, Arc::new(authenticator)));
 
@@ -217,25 +218,11 @@ impl BoundGateway {
 
     /// Serves until `shutdown`, then drains open calls for up to `shutdown_grace_ms`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let stop = Shutdown::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                stop.trigger();
-            }
-        });
         let ready = ReadyState::default();
         self.health
             .set_service_status("", ServingStatus::Serving)
             .await;
-        let admin_stop = Shutdown::new();
-        let admin = tokio::spawn(serve_admin(
-            self.admin,
-            storemesh_runtime::server::prometheus().clone(),
-            ready.clone(),
-            admin_stop.clone(),
-        ));
+        let admin = AdminServer::spawn(self.admin, ready.clone());
         tracing::info!(
             listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             routes = ?self.config.routes.keys().collect::<Vec<_>>(),
@@ -248,89 +235,36 @@ impl BoundGateway {
             // the exposed and allowed lists without `access-control-allow-origin`).
             .map_response(without_cors_for_unlisted_origins)
             .layer(cors_layer(&self.config.cors))
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(tonic_web::GrpcWebLayer::new())
-            .layer(RpcObserveLayer)
-            .layer(LoadShedLayer::new(self.config.server.concurrency_limit))
+            .layer(GrpcLayer::new(self.config.server.concurrency_limit))
             .service(self.service);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let service = tower::ServiceBuilder::new()
-                        .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                            request.extensions_mut().insert(PeerAddr(peer));
-                            request
-                        })
-                        .service(layers.clone());
-                    let service = TowerToHyperService::new(service);
-                    match self.tls.clone() {
-                        None => {
-                            let connection = graceful.watch(
-                                builder.serve_connection(TokioIo::new(stream), service).into_owned(),
-                            );
-                            tokio::spawn(async move {
-                                if let Err(error) = connection.await {
-                                    tracing::debug!(%error, "connection ended with an error");
-                                }
-                            });
-                        }
-                        Some(acceptor) => {
-                            // The handshake runs in the connection's task so a slow client
-                            // cannot stall the accept loop.
-                            let builder = builder.clone();
-                            let watcher = graceful.watcher();
-                            tokio::spawn(async move {
-                                let handshake = tokio::time::timeout(
-                                    Duration::from_secs(10),
-                                    acceptor.accept(stream),
-                                );
-                                let stream = match handshake.await {
-                                    Ok(Ok(stream)) => stream,
-                                    Ok(Err(error)) => {
-                                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(%peer, "TLS handshake timed out");
-                                        return;
-                                    }
-                                };
-                                let connection = watcher.watch(
-                                    builder.serve_connection(TokioIo::new(stream), service).into_owned(),
-                                );
-                                if let Err(error) = connection.await {
-                                    tracing::debug!(%error, "connection ended with an error");
-                                }
-                            });
-                        }
-                    }
-                }
-                () = stop.wait() => break,
+        let drain_signal = {
+            let health = self.health.clone();
+            async move {
+                shutdown.await;
+                ready.set(Some("shutting down".into()));
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
             }
-        }
-        ready.set(Some("shutting down".into()));
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(grace) => tracing::warn!("drain timed out; closing remaining calls"),
-        }
-        admin_stop.trigger();
-        let _ = admin.await;
+        };
+        let options =
+            ServeOptions::new(Duration::from_millis(self.config.server.shutdown_grace_ms))
+                .tls(self.tls);
+        serve(
+            self.listener,
+            options,
+            move |connection| {
+                tower::ServiceBuilder::new()
+                    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(PeerAddr(connection.remote));
+                        request
+                    })
+                    .service(layers.clone())
+            },
+            drain_signal,
+        )
+        .await;
+        admin.stop().await;
         tracing::info!("gateway stopped");
     }
 }

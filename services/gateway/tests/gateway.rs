@@ -8,16 +8,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
-use storemesh_auth::config::Argon2Config;
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::testing;
 use storemesh_gateway::config::GatewayRateLimit;
 use storemesh_gateway::{GatewayConfig, GatewaySettings};
 use storemesh_mesh::UpstreamConfig;
 use storemesh_proto::auth::v1 as pb;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
-use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
+use storemesh_runtime::testing::test_server;
 use storemesh_testkit::echo::{self, EchoServiceClient, pb::EchoRequest};
 use storemesh_testkit::{RedisServer, RunningHost};
 use tonic::transport::Channel;
@@ -42,40 +41,12 @@ impl Drop for Mesh {
     }
 }
 
-fn test_server() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 1_000,
-        ..ServerConfig::default()
-    }
-}
-
 async fn mesh(adjust: impl FnOnce(&mut GatewayConfig)) -> Mesh {
     let redis = RedisServer::start().unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let auth = RunningHost::spawn(
-        storemesh_auth::build(AuthSettings {
-            auth: AuthConfig {
-                server: test_server(),
-                keys_dir: keys.path().to_path_buf(),
-                argon2: Argon2Config {
-                    memory_kib: 256,
-                    iterations: 1,
-                    parallelism: 1,
-                },
-                trust_forwarded_for: true,
-                ..AuthConfig::default()
-            },
-            redis: RedisConfig {
-                url: redis.url(),
-                ..RedisConfig::default()
-            },
-            tokens: TokensConfig::default(),
-        })
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let mut auth_settings = testing::auth_settings(&redis.url(), keys.path());
+    auth_settings.auth.trust_forwarded_for = true;
+    let auth = RunningHost::spawn(storemesh_auth::build(auth_settings).await.unwrap()).unwrap();
     let echo = RunningHost::spawn(echo::host(test_server()).bind().await.unwrap()).unwrap();
 
     let mut config = GatewayConfig {

@@ -4,28 +4,19 @@
 #![allow(clippy::unwrap_used)]
 
 use prost_types::FieldMask;
-use storemesh_auth::config::Argon2Config;
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::testing;
 use storemesh_gateway::{GatewayConfig, GatewaySettings};
 use storemesh_mesh::UpstreamConfig;
 use storemesh_proto::auth::v1 as auth_pb;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::catalog::v1 as pb;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
-use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
+use storemesh_runtime::testing::test_server;
 use storemesh_testkit::{RedisServer, RunningHost};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-
-fn test_server() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 1_000,
-        ..ServerConfig::default()
-    }
-}
 
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -78,22 +69,9 @@ async fn anonymous_shoppers_read_published_products_through_the_gateway() {
         ..RedisConfig::default()
     };
     let auth = RunningHost::spawn(
-        storemesh_auth::build(AuthSettings {
-            auth: AuthConfig {
-                server: test_server(),
-                keys_dir: keys.path().to_path_buf(),
-                argon2: Argon2Config {
-                    memory_kib: 256,
-                    iterations: 1,
-                    parallelism: 1,
-                },
-                ..AuthConfig::default()
-            },
-            redis: redis_config.clone(),
-            tokens: TokensConfig::default(),
-        })
-        .await
-        .unwrap(),
+        storemesh_auth::build(testing::auth_settings(&redis.url(), keys.path()))
+            .await
+            .unwrap(),
     )
     .unwrap();
     let tokens = TokensConfig {

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use storemesh_mesh::MeshChannel;
 use storemesh_proto::catalog::v1::GetProductRequest;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_runtime::auth::{Authorize, Identity, Role, scopes};
 use storemesh_runtime::{ServiceError, ServiceResult};
-use tonic::transport::Channel;
 
 use crate::keys::{self, KeyClass};
 
@@ -107,11 +107,12 @@ pub async fn require_write(
     }
 }
 
-/// [`ProductOwners`] backed by `CatalogService.GetProduct`, remembering sellers briefly.
+/// [`ProductOwners`] backed by `CatalogService.GetProduct` through the mesh (upstream
+/// `catalog`, see `storemesh_mesh::client`), remembering sellers briefly.
 /// A product's seller never changes, so the cache can only be stale about a product deleted
 /// within the last `ttl`; unknown products are not cached (they may be created any moment).
 pub struct CatalogOwners {
-    channel: Channel,
+    channel: MeshChannel,
     ttl: Duration,
     cache: Mutex<HashMap<String, (String, Instant)>>,
 }
@@ -119,17 +120,13 @@ pub struct CatalogOwners {
 const MAX_CACHED_PRODUCTS: usize = 10_000;
 
 impl CatalogOwners {
-    pub fn new(endpoint: &str, timeout: Duration, ttl: Duration) -> Result<Self, ServiceError> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(ServiceError::internal)?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect_lazy();
-        Ok(Self {
+    /// Asks the catalog behind `channel`; its upstream's `default_deadline_ms` bounds a call.
+    pub fn new(channel: MeshChannel, ttl: Duration) -> Self {
+        Self {
             channel,
             ttl,
             cache: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     fn cached(&self, product_id: &str) -> Option<String> {

@@ -98,10 +98,10 @@ impl Backend {
                 if !s3.access_key_id.is_empty() {
                     builder = builder
                         .with_access_key_id(&s3.access_key_id)
-                        .with_secret_access_key(&s3.secret_access_key);
+                        .with_secret_access_key(s3.secret_access_key.expose());
                 }
                 if !s3.session_token.is_empty() {
-                    builder = builder.with_token(&s3.session_token);
+                    builder = builder.with_token(s3.session_token.expose());
                 }
                 let bucket = builder.build()?;
                 let store: Arc<dyn ObjectStore> = if s3.prefix.trim_matches('/').is_empty() {

@@ -28,8 +28,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use storemesh_runtime::ServerConfig;
 use storemesh_runtime::config::{ConfigError, Validate};
+use storemesh_runtime::endpoint::ServiceEndpoint;
+use storemesh_runtime::{Secret, ServerConfig};
 
 use crate::limits::{PrefixLimit, pattern_problem};
 
@@ -66,7 +67,9 @@ pub struct StorageConfig {
     /// Parts written to the backend concurrently per upload.
     pub parts_in_flight: usize,
     pub events: EventsConfig,
-    /// gRPC endpoint of the catalog service, asked who owns a product.
+    /// gRPC endpoint of the catalog service, asked who owns a product: `http://host:port`,
+    /// `https://host:port` or `dns:///name:port` (every address an endpoint, re-resolved;
+    /// see `storemesh_runtime::endpoint`). Called through the mesh (upstream `catalog`).
     pub catalog_endpoint: String,
     /// Deadline of one catalog call, in milliseconds.
     pub catalog_timeout_ms: u64,
@@ -137,8 +140,9 @@ impl Default for EventsConfig {
     }
 }
 
-/// An S3-compatible bucket.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// An S3-compatible bucket. The secret key and session token are [`Secret`]s: `Debug` never
+/// prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     pub bucket: String,
@@ -150,29 +154,12 @@ pub struct S3Config {
     pub prefix: String,
     /// Static credentials; empty means the `AWS_*` environment / instance metadata.
     pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
     /// Allow plain-HTTP endpoints (local MinIO).
     pub allow_http: bool,
     /// `https://{bucket}.{endpoint}` instead of `https://{endpoint}/{bucket}`.
     pub virtual_hosted_style: bool,
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |value: &str| if value.is_empty() { "" } else { "<redacted>" };
-        f.debug_struct("S3Config")
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("prefix", &self.prefix)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &redacted(&self.secret_access_key))
-            .field("session_token", &redacted(&self.session_token))
-            .field("allow_http", &self.allow_http)
-            .field("virtual_hosted_style", &self.virtual_hosted_style)
-            .finish()
-    }
 }
 
 fn is_http_url(value: &str) -> bool {
@@ -261,11 +248,8 @@ impl Validate for StorageConfig {
         if self.events.max_len < 100 {
             return Err(invalid("events.max_len", "must be at least 100".into()));
         }
-        if !is_http_url(&self.catalog_endpoint) {
-            return Err(invalid(
-                "catalog_endpoint",
-                "must be an http:// or https:// URL".into(),
-            ));
+        if let Err(error) = ServiceEndpoint::parse(&self.catalog_endpoint) {
+            return Err(invalid("catalog_endpoint", error.to_string()));
         }
         if self.catalog_timeout_ms == 0 {
             return Err(invalid("catalog_timeout_ms", "must be at least 1".into()));
@@ -344,10 +328,17 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let config = S3Config {
-            secret_access_key: "very-secret".into(),
-            ..S3Config::default()
-        };
-        assert!(!format!("{config:?}").contains("very-secret"));
+        let config: StorageConfig = ConfigLoader::from_toml_str(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+             access_key_id = \"AKIAEXAMPLE\"\nsecret_access_key = \"very-secret-key\"\n\
+             session_token = \"very-secret-token\"\n",
+        )
+        .section("storage")
+        .unwrap();
+        assert_eq!(config.s3.secret_access_key.expose(), "very-secret-key");
+        assert_eq!(config.s3.session_token.expose(), "very-secret-token");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("very-secret"), "{debug}");
+        assert!(debug.contains("AKIAEXAMPLE"), "{debug}");
     }
 }

@@ -68,8 +68,10 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
+use storemesh_mesh::UpstreamConfig;
+use storemesh_mesh::client::{self, ClientError};
 use storemesh_proto::storage::v1::storage_service_server::StorageServiceServer;
-use storemesh_runtime::auth::{Authenticator, TokensConfig};
+use storemesh_runtime::auth::{Authenticator, GrpcKeySource, TokensConfig};
 use storemesh_runtime::redis::{RedisConfig, RedisReadiness};
 use storemesh_runtime::server::ServeError;
 use storemesh_runtime::{ConfigError, ConfigLoader, ServiceError, ServiceHost};
@@ -105,6 +107,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("cannot set up {what}: {source}")]
     Setup {
         what: &'static str,
@@ -116,18 +120,17 @@ pub enum StartError {
 }
 
 /// Connects, starts the janitor and binds the service's listeners; product ownership comes
-/// from the catalog at `storage.catalog_endpoint`.
+/// from the catalog at `storage.catalog_endpoint`, through the mesh (upstream `catalog`).
 pub async fn build(settings: StorageSettings) -> Result<ServiceHost, StartError> {
     let config = &settings.storage;
+    let catalog = UpstreamConfig {
+        default_deadline_ms: config.catalog_timeout_ms,
+        ..client::upstream("storage.catalog_endpoint", &config.catalog_endpoint)?
+    };
     let owners = authz::CatalogOwners::new(
-        &config.catalog_endpoint,
-        Duration::from_millis(config.catalog_timeout_ms),
+        client::channel("catalog", &catalog).await?,
         Duration::from_millis(config.owner_cache_ms),
-    )
-    .map_err(|source| StartError::Setup {
-        what: "the catalog client",
-        source,
-    })?;
+    );
     build_with_owners(settings, Arc::new(owners)).await
 }
 
@@ -144,7 +147,7 @@ pub async fn build_with_owners(
     let connection = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(|source| StartError::Redis {
-            url: redis.url.clone(),
+            url: storemesh_runtime::secret::redact_url(&redis.url),
             source,
         })?;
     let backend = backend::Backend::open(&storage)?;
@@ -163,12 +166,12 @@ pub async fn build_with_owners(
         Some(janitor),
     );
 
-    let authenticator =
-        Authenticator::from_config(&tokens, Some(connection.clone())).map_err(|source| {
-            StartError::Setup {
-                what: "token verification",
-                source,
-            }
+    // Verification keys from auth through the mesh (upstream `auth`).
+    let keys = GrpcKeySource::with_channel(client::auth_channel(&tokens).await?);
+    let authenticator = Authenticator::new(&tokens, Arc::new(keys), Some(connection.clone()))
+        .map_err(|error| StartError::Setup {
+            what: "token verification",
+            source: ServiceError::internal(error),
         })?;
     authenticator.prefetch_keys().await;
 

@@ -30,7 +30,7 @@ fn s3_config() -> Option<S3Config> {
         // A fresh prefix per run, so runs do not see each other's objects.
         prefix: format!("run-{}", ulid::Ulid::new()),
         access_key_id: var("AWS_ACCESS_KEY_ID", "test"),
-        secret_access_key: var("AWS_SECRET_ACCESS_KEY", "test"),
+        secret_access_key: var("AWS_SECRET_ACCESS_KEY", "test").into(),
         ..S3Config::default()
     })
 }

@@ -18,6 +18,7 @@ use storemesh_proto::auth::v1 as auth;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::catalog::v1 as catalog;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use storemesh_runtime::backoff::{Backoff, Jitter};
 
 pub use session::Session;
 pub use upload::UploadArgs;
@@ -545,7 +546,16 @@ impl Client {
             return Ok(image);
         }
         let product_id = image.product_id;
-        let mut backoff = Duration::from_millis(200);
+        // 200 ms after the first ended watch, doubling, at most 5 s.
+        const RESUBSCRIBE: Backoff = match Backoff::exponential(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            Jitter::None,
+        ) {
+            Ok(backoff) => backoff,
+            Err(_) => panic!("a valid backoff"),
+        };
+        let mut ended: u32 = 0;
         loop {
             let mut request = self.request(
                 catalog::WatchProductRequest {
@@ -570,8 +580,8 @@ impl Client {
                     ) =>
                 {
                     tracing::debug!(%status, "watch ended; resubscribing");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    ended = ended.saturating_add(1);
+                    tokio::time::sleep(RESUBSCRIBE.ceiling(ended)).await;
                 }
                 Err(status) => return Err(call_error("watching the product", &status)),
             }

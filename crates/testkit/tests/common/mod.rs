@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use storemesh_runtime::ServerConfig;
 use storemesh_runtime::server::ServiceHostBuilder;
 use storemesh_testkit::echo::EchoServiceClient;
 use tokio::sync::oneshot;
@@ -41,13 +40,8 @@ impl RunningHost {
     }
 }
 
-pub fn test_config() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 2_000,
-        ..ServerConfig::default()
-    }
-}
+/// The hosts' configuration: the shared test fixture.
+pub use storemesh_runtime::testing::test_server as test_config;
 
 pub async fn start(builder: ServiceHostBuilder) -> RunningHost {
     let host = builder.bind().await.unwrap();

@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use storemesh_auth::config::{Argon2Config, RateLimitConfig, ServiceAccountConfig};
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::config::RateLimitConfig;
+use storemesh_auth::{AuthSettings, testing};
 use storemesh_catalog::config::{CleanupConfig, DEFAULT_MAX_MESSAGE_BYTES};
 use storemesh_catalog::{CatalogConfig, CatalogHandle, CatalogSettings};
 use storemesh_proto::auth::v1 as auth_pb;
@@ -14,6 +14,7 @@ use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
+use storemesh_runtime::testing::test_server;
 use storemesh_testkit::{RedisServer, RunningHost};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -36,49 +37,21 @@ pub const SERVICE_ACCOUNTS: &[(&str, &[&str])] = &[
     ("catalog", &["storage.delete:products"]),
 ];
 
-fn test_server() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 2_000,
-        ..ServerConfig::default()
-    }
-}
-
 fn auth_settings(redis: &RedisServer, keys_dir: &std::path::Path) -> AuthSettings {
-    AuthSettings {
-        auth: AuthConfig {
-            server: test_server(),
-            keys_dir: keys_dir.to_path_buf(),
-            // Cheap hashing keeps the suite fast; production cost is the config default.
-            argon2: Argon2Config {
-                memory_kib: 256,
-                iterations: 1,
-                parallelism: 1,
-            },
-            admin_email: ADMIN_EMAIL.into(),
-            admin_password: ADMIN_PASSWORD.into(),
-            service_accounts: SERVICE_ACCOUNTS
-                .iter()
-                .map(|(id, scopes)| ServiceAccountConfig {
-                    client_id: (*id).into(),
-                    client_secret: SECRET.into(),
-                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                })
-                .collect(),
-            rate_limit: RateLimitConfig {
-                register_per_address: 1_000,
-                login_per_address: 1_000,
-                service_token_per_client: 1_000,
-                ..RateLimitConfig::default()
-            },
-            ..AuthConfig::default()
-        },
-        redis: RedisConfig {
-            url: redis.url(),
-            ..RedisConfig::default()
-        },
-        tokens: TokensConfig::default(),
-    }
+    let mut settings = testing::auth_settings(&redis.url(), keys_dir);
+    settings.auth.admin_email = ADMIN_EMAIL.into();
+    settings.auth.admin_password = ADMIN_PASSWORD.into();
+    settings.auth.service_accounts = SERVICE_ACCOUNTS
+        .iter()
+        .map(|(id, scopes)| testing::service_account(id, SECRET, scopes))
+        .collect();
+    settings.auth.rate_limit = RateLimitConfig {
+        register_per_address: 1_000,
+        login_per_address: 1_000,
+        service_token_per_client: 1_000,
+        ..RateLimitConfig::default()
+    };
+    settings
 }
 
 pub struct Harness {

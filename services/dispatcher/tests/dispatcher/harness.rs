@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use bytes::Bytes;
 use prost::Message;
 use redis::AsyncCommands;
-use storemesh_auth::config::{Argon2Config, RateLimitConfig, ServiceAccountConfig};
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::config::RateLimitConfig;
+use storemesh_auth::testing;
 use storemesh_dispatcher::config::{
     DispatcherConfig, ReconcilerConfig, RouteConfig, ScheduleConfig, TargetConfig, TargetKind,
 };
@@ -24,6 +24,7 @@ use storemesh_proto::events::v1 as pb;
 use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
+pub use storemesh_runtime::testing::test_server;
 use storemesh_testkit::{RedisServer, RunningHost};
 use tokio::task::JoinHandle;
 
@@ -178,14 +179,6 @@ impl HttpTarget {
             .into_iter()
             .filter(|r| r.event().id == event_id)
             .collect()
-    }
-}
-
-pub fn test_server() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 2_000,
-        ..ServerConfig::default()
     }
 }
 
@@ -459,40 +452,19 @@ impl Mesh {
             url: redis.url(),
             ..RedisConfig::default()
         };
-        let auth = RunningHost::spawn(
-            storemesh_auth::build(AuthSettings {
-                auth: AuthConfig {
-                    server: test_server(),
-                    keys_dir: keys.path().to_path_buf(),
-                    argon2: Argon2Config {
-                        memory_kib: 256,
-                        iterations: 1,
-                        parallelism: 1,
-                    },
-                    admin_email: ADMIN_EMAIL.into(),
-                    admin_password: ADMIN_PASSWORD.into(),
-                    service_accounts: ACCOUNTS
-                        .iter()
-                        .map(|(id, scopes)| ServiceAccountConfig {
-                            client_id: (*id).into(),
-                            client_secret: CLIENT_SECRET.into(),
-                            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                        })
-                        .collect(),
-                    rate_limit: RateLimitConfig {
-                        login_per_address: 1_000,
-                        service_token_per_client: 1_000,
-                        ..RateLimitConfig::default()
-                    },
-                    ..AuthConfig::default()
-                },
-                redis: redis_config.clone(),
-                tokens: TokensConfig::default(),
-            })
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let mut auth_settings = testing::auth_settings(&redis.url(), keys.path());
+        auth_settings.auth.admin_email = ADMIN_EMAIL.into();
+        auth_settings.auth.admin_password = ADMIN_PASSWORD.into();
+        auth_settings.auth.service_accounts = ACCOUNTS
+            .iter()
+            .map(|(id, scopes)| testing::service_account(id, CLIENT_SECRET, scopes))
+            .collect();
+        auth_settings.auth.rate_limit = RateLimitConfig {
+            login_per_address: 1_000,
+            service_token_per_client: 1_000,
+            ..RateLimitConfig::default()
+        };
+        let auth = RunningHost::spawn(storemesh_auth::build(auth_settings).await.unwrap()).unwrap();
         let tokens = TokensConfig {
             auth_endpoint: auth.endpoint(),
             ..TokensConfig::default()

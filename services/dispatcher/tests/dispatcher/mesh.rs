@@ -405,3 +405,49 @@ async fn the_reconciler_repairs_a_lost_job_and_gives_up_on_a_hopeless_one() {
     dispatcher.stop().await;
     server.abort();
 }
+
+/// `mesh_upstream_requests_total{upstream, endpoint, outcome="OK"}` from the process's recorder.
+fn answered(upstream: &str, endpoint: &str) -> f64 {
+    let text = storemesh_runtime::metrics::prometheus().render();
+    text.lines()
+        .filter(|line| line.starts_with("mesh_upstream_requests_total{"))
+        .filter(|line| line.contains(&format!("upstream=\"{upstream}\"")))
+        .filter(|line| line.contains(&format!("endpoint=\"{endpoint}\"")))
+        .filter(|line| line.contains("outcome=\"OK\""))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The dispatcher's calls are mesh calls (`storemesh_mesh::client`): its service token on
+/// upstream `auth`, `RecordVariant` on upstream `catalog`.
+#[tokio::test]
+async fn the_service_token_and_record_variant_go_through_the_mesh() {
+    // The recorder first: a series touched before it is installed is lost.
+    let _ = storemesh_runtime::metrics::prometheus();
+    let mesh = Mesh::start(false).await;
+    let mut redis = redis(&mesh.redis).await;
+    let (product_id, _) = product_with_image(&mesh, "img-1", true).await;
+    let mut settings = mesh.dispatcher(record_variant_config());
+    // The catalog fetches its keys from auth at 127.0.0.1; the dispatcher names auth
+    // `localhost`, so the metrics tell its calls apart.
+    settings.tokens.auth_endpoint = settings
+        .tokens
+        .auth_endpoint
+        .replace("127.0.0.1", "localhost");
+    let dispatcher = Running::start(settings).await;
+
+    for size in [160, 320] {
+        publish(&mut redis, &thumbnail_event(&product_id, "img-1", size)).await;
+    }
+    eventually(
+        "both variants are recorded",
+        Duration::from_secs(10),
+        || async { image(&mesh, "img-1").await.variants.len() == 2 },
+    )
+    .await;
+    let auth = format!("localhost:{}", mesh.auth.addr.port());
+    assert_eq!(answered("auth", &auth), 1.0, "one service token, cached");
+    // Two RecordVariant calls (and the reconciler's, if it ran).
+    assert!(answered("catalog", &mesh.catalog.addr.to_string()) >= 2.0);
+    dispatcher.stop().await;
+}

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
-use storemesh_auth::config::{Argon2Config, ServiceAccountConfig};
-use storemesh_auth::{AuthConfig, AuthSettings};
+use storemesh_auth::{AuthSettings, testing};
 use storemesh_proto::auth::v1 as auth_pb;
 use storemesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use storemesh_proto::events::v1 as events_pb;
@@ -19,6 +18,7 @@ use storemesh_proto::storage::v1::storage_service_client::StorageServiceClient;
 use storemesh_runtime::ServerConfig;
 use storemesh_runtime::auth::TokensConfig;
 use storemesh_runtime::redis::RedisConfig;
+use storemesh_runtime::testing::test_server;
 use storemesh_storage::{ProductOwners, StorageConfig, StorageSettings};
 use storemesh_testkit::{RedisServer, RunningHost};
 use tonic::transport::Channel;
@@ -33,48 +33,20 @@ const SECRET: &str = "service-secret-0123456789";
 pub const EVENTS_STREAM: &str = "storage:events";
 pub const MIB: usize = 1024 * 1024;
 
-pub fn test_server() -> ServerConfig {
-    ServerConfig {
-        readiness_interval_ms: 100,
-        shutdown_grace_ms: 2_000,
-        ..ServerConfig::default()
-    }
-}
-
 pub fn auth_settings(redis_url: &str, keys_dir: &Path) -> AuthSettings {
-    let account = |client_id: &str, scopes: &[&str]| ServiceAccountConfig {
-        client_id: client_id.into(),
-        client_secret: SECRET.into(),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-    };
-    AuthSettings {
-        auth: AuthConfig {
-            server: test_server(),
-            keys_dir: keys_dir.to_path_buf(),
-            // Cheap hashing keeps the suite fast.
-            argon2: Argon2Config {
-                memory_kib: 256,
-                iterations: 1,
-                parallelism: 1,
-            },
-            admin_email: ADMIN_EMAIL.into(),
-            admin_password: ADMIN_PASSWORD.into(),
-            service_accounts: vec![
-                account(
-                    THUMBNAIL_CLIENT,
-                    &["storage.write:thumbnails", "storage.read"],
-                ),
-                account(CLEANER_CLIENT, &["storage.delete:products"]),
-                account(BLIND_CLIENT, &["catalog.read"]),
-            ],
-            ..AuthConfig::default()
-        },
-        redis: RedisConfig {
-            url: redis_url.to_owned(),
-            ..RedisConfig::default()
-        },
-        tokens: TokensConfig::default(),
-    }
+    let mut settings = testing::auth_settings(redis_url, keys_dir);
+    settings.auth.admin_email = ADMIN_EMAIL.into();
+    settings.auth.admin_password = ADMIN_PASSWORD.into();
+    settings.auth.service_accounts = vec![
+        testing::service_account(
+            THUMBNAIL_CLIENT,
+            SECRET,
+            &["storage.write:thumbnails", "storage.read"],
+        ),
+        testing::service_account(CLEANER_CLIENT, SECRET, &["storage.delete:products"]),
+        testing::service_account(BLIND_CLIENT, SECRET, &["catalog.read"]),
+    ];
+    settings
 }
 
 /// Storage settings for tests: small parts, a fast janitor, short leases, no grace period.

@@ -1,32 +1,30 @@
-//! The gRPC host every service runs on, and its admin HTTP port.
+//! The gRPC host every service runs on ([`ServiceHost`]).
 //!
 //! A service adds its tonic services, its descriptor set and its readiness checks; the host adds
 //! `grpc.health.v1` (serving status follows readiness), server reflection v1 and v1alpha (grpcurl
-//! 1.8 speaks only v1alpha), gRPC-Web over HTTP/1.1, `x-request-id` assignment and echo, per-RPC
-//! spans and metrics, load shedding, and a graceful drain on shutdown.
+//! 1.8 speaks only v1alpha), the common gRPC layers ([`GrpcLayer`]: gRPC-Web over HTTP/1.1,
+//! `x-request-id`, per-RPC spans and metrics, load shedding), optional authentication, and serves
+//! them with the shared accept loop and drain ([`serve`]) and admin port ([`AdminServer`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::routing::get;
 use futures::future::BoxFuture;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower::ServiceBuilder;
 
+use super::accept::{BindError, HttpSettings, ServeOptions, bind, serve};
+use super::admin::{AdminServer, ReadyState};
+use super::layers::{GrpcLayer, tonic_connection};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::ServerConfig;
-use crate::observe::{RpcObserveLayer, describe_metrics};
-use crate::shed::LoadShedLayer;
 use crate::shutdown::Shutdown;
 
 /// Something the service needs in order to do useful work (Redis, an upstream, ...).
@@ -45,29 +43,12 @@ pub enum ServeError {
     },
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// The process-wide Prometheus recorder (installed on first use).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .expect("the latency bucket list is not empty")
-            .build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics may be incomplete");
-        }
-        describe_metrics();
-        handle
-    })
+impl From<BindError> for ServeError {
+    fn from(BindError { addr, source }: BindError) -> Self {
+        Self::Bind { addr, source }
+    }
 }
 
 /// Collects what one service contributes to its host.
@@ -135,36 +116,11 @@ impl ServiceHostBuilder {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
-}
-
 /// A bound, not yet running host.
 pub struct ServiceHost {
     builder: ServiceHostBuilder,
     grpc: TcpListener,
     admin: TcpListener,
-}
-
-/// What readiness currently says, shared with `/readyz`: `None` when ready, otherwise why not.
-#[derive(Clone, Default)]
-pub struct ReadyState(Arc<Mutex<Option<String>>>);
-
-impl ReadyState {
-    pub fn set(&self, not_ready_reason: Option<String>) {
-        if let Ok(mut guard) = self.0.lock() {
-            *guard = not_ready_reason;
-        }
-    }
-
-    pub fn get(&self) -> Option<String> {
-        self.0
-            .lock()
-            .map(|guard| guard.clone())
-            .unwrap_or_else(|_| Some("readiness state unavailable".into()))
-    }
 }
 
 impl ServiceHost {
@@ -215,24 +171,14 @@ impl ServiceHost {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let prometheus = prometheus().clone();
         let name = self.builder.name.clone();
         let config = self.builder.config.clone();
         let reflection_v1 = self.reflection_builder().build_v1()?;
         let reflection_v1alpha = self.reflection_builder().build_v1alpha()?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let service_names = self.builder.service_names.clone();
-        let ready = ReadyState::default();
-        ready.set(Some("starting".into()));
-
-        let stop = Shutdown::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                stop.trigger();
-            }
-        });
+        let ready = ReadyState::not_ready("starting");
+        let stop = Shutdown::on(shutdown);
 
         let readiness = tokio::spawn(watch_readiness(
             self.builder.readiness.clone(),
@@ -242,26 +188,7 @@ impl ServiceHost {
             Duration::from_millis(config.readiness_interval_ms),
             stop.clone(),
         ));
-
-        let admin_stop = Shutdown::new();
-        let admin = tokio::spawn(serve_admin(
-            self.admin,
-            prometheus.clone(),
-            ready.clone(),
-            admin_stop.clone(),
-        ));
-        let upkeep = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => prometheus.run_upkeep(),
-                        () = stop.wait() => break,
-                    }
-                }
-            }
-        });
+        let admin = AdminServer::spawn(self.admin, ready.clone());
 
         let drain_signal = {
             let stop = stop.clone();
@@ -275,20 +202,15 @@ impl ServiceHost {
             }
         };
 
-        let layers = tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(tonic_web::GrpcWebLayer::new())
-            .layer(RpcObserveLayer)
-            .layer(LoadShedLayer::new(config.concurrency_limit))
-            .option_layer(self.builder.authenticator.clone().map(AuthLayer::new))
-            .into_inner();
-
         let mut routes = self.builder.routes;
         routes
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
+        let service = ServiceBuilder::new()
+            .layer(GrpcLayer::new(config.concurrency_limit))
+            .option_layer(self.builder.authenticator.clone().map(AuthLayer::new))
+            .service(routes.routes().prepare());
 
         tracing::info!(
             service = %name,
@@ -296,27 +218,20 @@ impl ServiceHost {
             services = ?service_names,
             "serving"
         );
-        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .layer(layers)
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, drain_signal);
-        tokio::pin!(server);
-
-        let grace = Duration::from_millis(config.shutdown_grace_ms);
-        let result = tokio::select! {
-            result = &mut server => result.map_err(ServeError::from),
-            () = async { stop.wait().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_ms = config.shutdown_grace_ms, "drain timed out; closing remaining calls");
-                Ok(())
-            }
-        };
+        let options = ServeOptions::new(Duration::from_millis(config.shutdown_grace_ms))
+            .http(HttpSettings::Tonic);
+        serve(
+            self.grpc,
+            options,
+            move |connection| tonic_connection(service.clone(), connection),
+            drain_signal,
+        )
+        .await;
         stop.trigger();
-        admin_stop.trigger();
-        let _ = tokio::join!(admin, readiness, upkeep);
+        admin.stop().await;
+        let _ = readiness.await;
         tracing::info!(service = %name, "stopped");
-        result
+        Ok(())
     }
 }
 
@@ -369,36 +284,5 @@ async fn watch_readiness(
             () = tokio::time::sleep(interval) => {}
             () = stop.wait() => return,
         }
-    }
-}
-
-/// The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (200 when
-/// `ready` says so, 503 with the reason otherwise). Runs until `stop` is triggered.
-pub async fn serve_admin(
-    listener: TcpListener,
-    prometheus: PrometheusHandle,
-    ready: ReadyState,
-    stop: Shutdown,
-) {
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(prometheus.render())),
-        )
-        .route("/healthz", get(|| std::future::ready("ok\n")))
-        .route(
-            "/readyz",
-            get(move || {
-                std::future::ready(match ready.get() {
-                    None => (StatusCode::OK, "ready\n".to_owned()),
-                    Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-                })
-            }),
-        );
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.wait())
-        .await
-    {
-        tracing::error!(%error, "admin server failed");
     }
 }

@@ -1,0 +1,26 @@
+//! Server bootstrap: the building blocks every process serves with, so the gRPC hosts, the
+//! gateway and the edge runtime accept, layer, drain and report the same way.
+//!
+//! - [`accept`]: [`bind`] a listener (an address in use fails at start, naming it) and
+//!   [`serve`] it: the accept loop (HTTP/1.1 + h2c, optional TLS, a pause after a failed
+//!   `accept`), one tower service per connection, and the drain on shutdown (listener closed at
+//!   once, connections asked to finish, cut after the grace period).
+//! - [`layers`]: [`GrpcLayer`] (request ids, gRPC-Web, per-RPC spans and metrics, load
+//!   shedding) in front of every gRPC listener; the `grpc-timeout` and connection info tonic's
+//!   own server adds, for the hosts.
+//! - [`admin`]: the admin port (`/metrics`, `/healthz`, `/readyz`) and [`ReadyState`].
+//! - [`ServiceHost`]: the gRPC host of each service (health following readiness, reflection v1
+//!   and v1alpha, authentication), made of the above.
+//!
+//! The shutdown signal itself is [`crate::shutdown`]; the metrics recorder the admin port
+//! renders is [`crate::metrics`].
+
+pub mod accept;
+pub mod admin;
+mod host;
+pub mod layers;
+
+pub use accept::{BindError, ConnectionInfo, Drained, HttpSettings, ServeOptions, bind, serve};
+pub use admin::{AdminServer, ReadyState, serve_admin};
+pub use host::{ReadinessCheck, ServeError, ServiceHost, ServiceHostBuilder};
+pub use layers::GrpcLayer;
