@@ -1097,6 +1097,129 @@ async fn unauthentic_deliveries_are_refused_and_other_events_ignored() {
     system.stop().await;
 }
 
+/// Issue 20: a delivery whose signature headers cannot be authentic is refused before its body
+/// is read, and a header flooded with `v1=` values is refused before any MAC is computed (it
+/// once cost the edge seconds of CPU per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_signature_headers_are_refused_before_the_body() {
+    use std::time::{Duration, Instant};
+
+    let system = System::start().await;
+    let seller = seller(&system, "seller@example.com").await;
+    let (image_id, key) = upload_image(&system, &seller, "image/png", images::png(64, 48)).await;
+    let event = system.event_for(&key).unwrap();
+    let (body, headers) = system.signed_delivery(&event, 1);
+    let with = |name: &str, value: Option<String>, content_length: Option<usize>| {
+        let mut headers: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(key, _)| key != name)
+            .cloned()
+            .collect();
+        if let Some(value) = value {
+            headers.push((name.to_owned(), value));
+        }
+        if let Some(length) = content_length {
+            headers.push(("content-length".to_owned(), length.to_string()));
+        }
+        headers
+    };
+    let signature_with = |value: String, content_length: Option<usize>| {
+        with(
+            storemesh_delivery::SIGNATURE_HEADER,
+            Some(value),
+            content_length,
+        )
+    };
+    let expect_too_many = |answer: &Answer| {
+        expect_error(answer, 401, "invalid_signature");
+        let message = answer.json()["error"]["message"].to_string();
+        assert!(
+            message.contains(&format!(
+                "more than {} v1= values",
+                storemesh_delivery::MAX_SIGNATURES
+            )),
+            "{message}"
+        );
+    };
+    // Sent with a `Content-Length` the body never reaches (the client keeps the connection
+    // open): the answer must not wait for the body.
+    let refused_without_body = |headers: Vec<(String, String)>| async {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            post_delivery(&system, vec![0; 1024], headers),
+        )
+        .await
+        .expect("the edge waited for a body it did not need");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        answer
+    };
+
+    // The attack: 20,000 empty `v1=` values (80 KB) over a large body.
+    let hostile = vec!["v1="; 20_000].join(",");
+    let started = Instant::now();
+    let answer = post_delivery(
+        &system,
+        vec![7; 60 * 1024],
+        signature_with(hostile.clone(), None),
+    )
+    .await;
+    expect_too_many(&answer);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The same with a body that never completes.
+    expect_too_many(&refused_without_body(signature_with(hostile, Some(64 * 1024))).await);
+    // More values than secrets can rotate through, even with the right one among them.
+    let valid = headers
+        .iter()
+        .find(|(name, _)| name == storemesh_delivery::SIGNATURE_HEADER)
+        .unwrap()
+        .1
+        .clone();
+    let five = vec![valid.as_str(); storemesh_delivery::MAX_SIGNATURES + 1].join(",");
+    expect_too_many(&post_delivery(&system, body.clone(), signature_with(five, None)).await);
+
+    // Missing, malformed or stale headers: refused at once, the body unread.
+    let now = storemesh_system_tests::unix_now();
+    for headers in [
+        with(storemesh_delivery::SIGNATURE_HEADER, None, Some(64 * 1024)),
+        signature_with("v1=abcd".into(), Some(64 * 1024)),
+        signature_with(format!("{valid},v1="), Some(64 * 1024)),
+        with(storemesh_delivery::TIMESTAMP_HEADER, None, Some(64 * 1024)),
+        with(
+            storemesh_delivery::TIMESTAMP_HEADER,
+            Some("soon".into()),
+            Some(64 * 1024),
+        ),
+        with(
+            storemesh_delivery::TIMESTAMP_HEADER,
+            Some((now - 3_600).to_string()),
+            Some(64 * 1024),
+        ),
+    ] {
+        let answer = refused_without_body(headers.clone()).await;
+        expect_error(&answer, 401, "invalid_signature");
+        assert_eq!(answer.header("www-authenticate"), Some("Signature"));
+    }
+    assert!(
+        system
+            .events()
+            .iter()
+            .all(|e| !e.subject.contains("/thumbnails/"))
+    );
+
+    // Up to MAX_SIGNATURES values, the right one among forged ones, is delivered.
+    let forged = format!("v1={}", "0".repeat(64));
+    let mut four = vec![forged.as_str(); storemesh_delivery::MAX_SIGNATURES - 1];
+    four.push(&valid);
+    let answer = post_delivery(&system, body, signature_with(four.join(","), None)).await;
+    created_variants(&system, &answer, &image_id).await;
+    system.stop().await;
+}
+
 /// Storage emits an original's event when it commits, and the upload hook attaches the image
 /// just after: a delivery that overtakes the attach waits a moment for the catalog rather
 /// than asking for a redelivery (which the dispatcher makes a second or more later). An image

@@ -1,7 +1,7 @@
 //! Authenticating a delivery (`storemesh-delivery`) and reading the event it carries.
 
 use prost::Message;
-use storemesh_delivery::SignatureError;
+use storemesh_delivery::{SignatureError, SignedHeaders};
 use storemesh_mesh_client::api::ApiError;
 use storemesh_mesh_client::events::v1::{Delivery, EventType, event};
 
@@ -25,8 +25,33 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
 }
 
-/// Checks the signature over the raw body (before decoding anything), then decodes it.
-pub fn authenticate(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Authentic, ApiError> {
+fn refused(error: &SignatureError) -> ApiError {
+    match error {
+        SignatureError::WeakSecret => ApiError::new(
+            500,
+            "misconfigured",
+            "delivery_signing_secret is shorter than 16 bytes",
+        ),
+        error => ApiError::new(
+            401,
+            "invalid_signature",
+            format!("delivery refused: {error}"),
+        )
+        .with_header("www-authenticate", "Signature"),
+    }
+}
+
+/// The signature headers of a delivery, checked before its body is read, and the secrets
+/// that may have signed it.
+pub struct Signed {
+    headers: SignedHeaders,
+    secrets: Vec<String>,
+}
+
+/// Checks everything that does not need the body: the secrets (`500` when missing or weak), the
+/// timestamp (present, a number, within the replay window) and the signature header's syntax
+/// (1 to `MAX_SIGNATURES` `v1=` values of 64 hex digits); `401` otherwise, before the body.
+pub fn check_headers(headers: &[(String, Vec<u8>)]) -> Result<Signed, ApiError> {
     let secrets: Vec<String> = spin_sdk::variables::get("delivery_signing_secret")
         .unwrap_or_default()
         .split(',')
@@ -40,6 +65,7 @@ pub fn authenticate(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Authen
             "delivery_signing_secret is not set",
         ));
     }
+    storemesh_delivery::check_secrets(&secrets).map_err(|error| refused(&error))?;
     let window = spin_sdk::variables::get("delivery_replay_window_secs")
         .ok()
         .and_then(|value| value.trim().parse().ok())
@@ -47,31 +73,30 @@ pub fn authenticate(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Authen
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
-    match storemesh_delivery::verify(
-        &secrets,
+    let signed = SignedHeaders::parse(
         header(headers, storemesh_delivery::TIMESTAMP_HEADER),
         header(headers, storemesh_delivery::SIGNATURE_HEADER),
-        body,
         now,
         window,
-    ) {
-        Ok(()) => {}
-        Err(SignatureError::WeakSecret) => {
-            return Err(ApiError::new(
-                500,
-                "misconfigured",
-                "delivery_signing_secret is shorter than 16 bytes",
-            ));
-        }
-        Err(error) => {
-            return Err(ApiError::new(
-                401,
-                "invalid_signature",
-                format!("delivery refused: {error}"),
-            )
-            .with_header("www-authenticate", "Signature"));
-        }
-    }
+    )
+    .map_err(|error| refused(&error))?;
+    Ok(Signed {
+        headers: signed,
+        secrets,
+    })
+}
+
+/// Checks the signature over the raw body (one MAC per secret, before decoding anything), then
+/// decodes it.
+pub fn authenticate(
+    signed: &Signed,
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Result<Authentic, ApiError> {
+    signed
+        .headers
+        .verify(&signed.secrets, body)
+        .map_err(|error| refused(&error))?;
     let delivery = Delivery::decode(body)
         .map_err(|error| ApiError::bad_request(format!("the body is not a Delivery: {error}")))?;
     let event_id = delivery

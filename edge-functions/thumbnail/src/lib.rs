@@ -2,8 +2,11 @@
 //! here (the delivery contract of `storemesh-delivery`: a protobuf
 //! `storemesh.events.v1.Delivery` body, HMAC-SHA256 signed headers).
 //!
-//! 1. The signature and timestamp are checked first (`401` when missing, forged or outside the
-//!    replay window); nothing else is read from an unauthentic delivery.
+//! 1. The signature headers are checked before the body is read (`401` when the timestamp is
+//!    missing, malformed or outside the replay window, or the signature header is missing,
+//!    malformed or carries more than `storemesh_delivery::MAX_SIGNATURES` `v1=` values); then
+//!    the body (at most 64 KiB) and its signature, one HMAC per configured secret (`401` when
+//!    forged); nothing else is read from an unauthentic delivery.
 //! 2. Events that are not a created original (`products/{product_id}/originals/{image_id}`) are
 //!    acknowledged with `200 {"result":"ignored"}`: the dispatcher may send every storage event
 //!    (thumbnails, deletions) and none of them is an error; a 4xx would dead-letter them.
@@ -149,8 +152,10 @@ async fn process(request: IncomingRequest) -> Result<Response, ApiError> {
         );
     }
     let headers = request.headers().entries();
+    // Whatever can be refused from the headers alone is, before the body is read.
+    let signed = delivery::check_headers(&headers)?;
     let body = read_body(request).await?;
-    let delivery = delivery::authenticate(&headers, &body)?;
+    let delivery = delivery::authenticate(&signed, &headers, &body)?;
     let Some(target) = delivery::original_of(&delivery) else {
         return Ok(outcome(
             "ignored",

@@ -394,6 +394,15 @@ impl DispatcherConfig {
         if self.max_event_age_secs == 0 {
             return Err(invalid("max_event_age_secs", "must be at least 1".into()));
         }
+        if self.signing_secrets.len() > storemesh_delivery::MAX_SIGNATURES {
+            return Err(invalid(
+                "signing_secrets",
+                format!(
+                    "at most {} secrets (receivers refuse more signatures)",
+                    storemesh_delivery::MAX_SIGNATURES
+                ),
+            ));
+        }
         if let Some(index) = self
             .signing_secrets
             .iter()
@@ -671,6 +680,11 @@ target = "reconciler"
             (
                 "[dispatcher]\nsigning_secrets = [\"short\"]\n",
                 "dispatcher.signing_secrets[0]",
+            ),
+            (
+                "[dispatcher]\nsigning_secrets = [\"0123456789abcdef1\", \"0123456789abcdef2\", \
+                 \"0123456789abcdef3\", \"0123456789abcdef4\", \"0123456789abcdef5\"]\n",
+                "dispatcher.signing_secrets",
             ),
             (
                 "[dispatcher.targets.x]\nkind = \"http\"\nurl = \"ftp://x\"\n",
