@@ -1179,7 +1179,7 @@ async fn hostile_signature_headers_are_refused_before_the_body() {
         .unwrap()
         .1
         .clone();
-    let five = vec![valid.as_str(); storemesh_delivery::MAX_SIGNATURES + 1].join(",");
+    let five = [valid.as_str(); storemesh_delivery::MAX_SIGNATURES + 1].join(",");
     expect_too_many(&post_delivery(&system, body.clone(), signature_with(five, None)).await);
 
     // Missing, malformed or stale headers: refused at once, the body unread.
