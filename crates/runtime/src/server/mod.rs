@@ -17,10 +17,12 @@
 
 pub mod accept;
 pub mod admin;
+pub mod client;
 mod host;
 pub mod layers;
 
 pub use accept::{BindError, ConnectionInfo, Drained, HttpSettings, ServeOptions, bind, serve};
 pub use admin::{AdminServer, ReadyState, serve_admin};
+pub use client::{ClientAddr, TrustedProxies};
 pub use host::{ReadinessCheck, ServeError, ServiceHost, ServiceHostBuilder};
 pub use layers::GrpcLayer;
