@@ -89,6 +89,7 @@ fn login_latency(c: &mut Criterion) {
             // The benchmark logs in thousands of times; limits are tested elsewhere.
             rate_limit: RateLimitConfig {
                 login_per_account: u64::MAX / 2,
+                login_per_account_address: u64::MAX / 2,
                 login_per_address: u64::MAX / 2,
                 ..RateLimitConfig::default()
             },

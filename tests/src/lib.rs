@@ -132,6 +132,7 @@ impl Default for Options {
                 per_identity_burst: 1_000_000,
                 per_address_per_sec: 1_000_000,
                 per_address_burst: 1_000_000,
+                ..GatewayRateLimit::default()
             },
             variant_sizes: vec![160, 320, 640],
             edge_max_memory_bytes: 256 * 1024 * 1024,

@@ -12,14 +12,16 @@ use crate::upstream::{ProxyBody, Upstream};
 /// marked in the contracts (`option idempotency_level`): see `storemesh_proto::contract`.
 const OTHER_IDEMPOTENT_METHODS: &[&str] = &["/grpc.health.v1.Health/Check"];
 
-/// Whether a call may be retried: the contract marks its method `NO_SIDE_EFFECTS` (reads) or
-/// `IDEMPOTENT` (writes that are idempotent by contract, keyed by event id, image id or object
-/// key), or it is one of [`OTHER_IDEMPOTENT_METHODS`]. Any call carrying an `idempotency-key`
-/// header is treated as idempotent too.
-pub fn is_idempotent(path: &str, headers: &http::HeaderMap) -> bool {
-    storemesh_proto::contract::is_idempotent(path)
-        || OTHER_IDEMPOTENT_METHODS.contains(&path)
-        || headers.contains_key("idempotency-key")
+/// Whether a call may be buffered and retried: the contract marks its method `NO_SIDE_EFFECTS`
+/// (reads) or `IDEMPOTENT` (writes that are idempotent by contract, keyed by event id, image id
+/// or object key), or it is one of [`OTHER_IDEMPOTENT_METHODS`]. Only the method decides: a
+/// caller-supplied header (such as `idempotency-key`) does not, or any caller could make the
+/// gateway buffer bodies of methods that are not safe to send twice. An upstream can add methods
+/// outside the contracts with `idempotent_methods` ([`Upstream::is_idempotent`]).
+///
+/// [`Upstream::is_idempotent`]: crate::Upstream::is_idempotent
+pub fn is_idempotent(path: &str) -> bool {
+    storemesh_proto::contract::is_idempotent(path) || OTHER_IDEMPOTENT_METHODS.contains(&path)
 }
 
 #[derive(Clone)]
@@ -44,7 +46,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for MeshChannel {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let upstream = self.upstream.clone();
-        let retryable = is_idempotent(request.uri().path(), request.headers());
+        let retryable = upstream.is_idempotent(request.uri().path());
         Box::pin(async move { Ok(upstream.call(request, retryable).await) })
     }
 }
@@ -74,9 +76,8 @@ mod tests {
             "/storemesh.storage.v1.StorageService/Delete",
             "/grpc.health.v1.Health/Check",
         ];
-        let none = http::HeaderMap::new();
         for path in expected {
-            assert!(is_idempotent(path, &none), "{path}");
+            assert!(is_idempotent(path), "{path}");
         }
         let retried: Vec<&str> = storemesh_proto::contract::idempotent_methods()
             .iter()
@@ -86,10 +87,9 @@ mod tests {
             .collect();
         assert!(retried.is_empty(), "newly retried: {retried:?}");
 
-        let upload = "/storemesh.storage.v1.StorageService/Upload";
-        assert!(!is_idempotent(upload, &none));
-        let mut keyed = http::HeaderMap::new();
-        keyed.insert("idempotency-key", http::HeaderValue::from_static("k1"));
-        assert!(is_idempotent(upload, &keyed));
+        // Only the method decides: an Upload is never replayed, whatever headers it carries.
+        assert!(!is_idempotent(
+            "/storemesh.storage.v1.StorageService/Upload"
+        ));
     }
 }

@@ -34,6 +34,14 @@ pub struct UpstreamConfig {
     pub retry_budget_min_per_sec: u32,
     /// Largest idempotent request body kept for replay; larger bodies are streamed once.
     pub max_retry_buffer_bytes: usize,
+    /// Longest wait for the whole body of an idempotent call to arrive before it is sent (the
+    /// body is buffered for replay), in milliseconds; the call's deadline bounds it too. A
+    /// client that does not send its body in time is answered `DEADLINE_EXCEEDED`, so a
+    /// trickled body cannot hold a call open without limit.
+    pub retry_buffer_timeout_ms: u64,
+    /// Methods outside the Storemesh contracts (`/package.Service/Method`) that are safe to send
+    /// twice, for extra routes. The contracts' own are marked there (`idempotency_level`).
+    pub idempotent_methods: Vec<String>,
     /// Consecutive failures (transport errors or `UNAVAILABLE`) that eject an endpoint.
     pub eject_after_failures: u32,
     pub base_ejection_ms: u64,
@@ -63,6 +71,8 @@ impl Default for UpstreamConfig {
             retry_budget_percent: 20.0,
             retry_budget_min_per_sec: 10,
             max_retry_buffer_bytes: 1024 * 1024,
+            retry_buffer_timeout_ms: 10_000,
+            idempotent_methods: Vec::new(),
             eject_after_failures: 3,
             base_ejection_ms: 1_000,
             max_ejection_ms: 30_000,
@@ -138,6 +148,21 @@ impl Validate for UpstreamConfig {
         if self.eject_after_failures == 0 {
             return Err(invalid("eject_after_failures", "must be at least 1"));
         }
+        if self.retry_buffer_timeout_ms == 0 {
+            return Err(invalid("retry_buffer_timeout_ms", "must be at least 1"));
+        }
+        if let Some(bad) = self.idempotent_methods.iter().find(|path| {
+            let mut parts = path.strip_prefix('/').unwrap_or_default().split('/');
+            !matches!(
+                (parts.next(), parts.next(), parts.next()),
+                (Some(service), Some(method), None) if !service.is_empty() && !method.is_empty()
+            )
+        }) {
+            return Err(invalid(
+                "idempotent_methods",
+                &format!("`{bad}` is not /package.Service/Method"),
+            ));
+        }
         Ok(())
     }
 }
@@ -172,6 +197,25 @@ mod tests {
                 .validate("u")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn extra_idempotent_methods_are_method_paths() {
+        let with = |methods: &[&str]| UpstreamConfig {
+            idempotent_methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            ..UpstreamConfig::addresses(["127.0.0.1:1"])
+        };
+        assert!(with(&["/pkg.Service/Get"]).validate("u").is_ok());
+        for bad in [
+            "pkg.Service/Get",
+            "/pkg.Service",
+            "/pkg.Service/",
+            "/a/b/c",
+            "",
+        ] {
+            let error = with(&[bad]).validate("u").unwrap_err().to_string();
+            assert!(error.contains("u.idempotent_methods"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   (tower's `TpsBudget`) so retries cannot amplify an outage.
 //! - **Metrics** per endpoint: `mesh_upstream_requests_total{upstream,endpoint,outcome}`,
 //!   `mesh_upstream_request_seconds`, `mesh_upstream_ejections_total`,
-//!   `mesh_upstream_retries_total`, `mesh_upstream_endpoints`.
+//!   `mesh_upstream_retries_total`, `mesh_upstream_endpoints`, `mesh_upstream_body_timeouts_total`.
 //! - **Service-to-service clients** ([`client`]): every call a process makes to another goes
 //!   through a [`MeshChannel`] built by [`client::channel`], with one service-token cache
 //!   ([`client::ServiceTokens`]).

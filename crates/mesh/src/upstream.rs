@@ -165,6 +165,12 @@ impl Upstream {
         &self.name
     }
 
+    /// Whether a call to `path` may be buffered and sent again: the contract marks the method
+    /// idempotent ([`crate::is_idempotent`]) or this upstream's `idempotent_methods` lists it.
+    pub fn is_idempotent(&self, path: &str) -> bool {
+        crate::is_idempotent(path) || self.config.idempotent_methods.iter().any(|m| m == path)
+    }
+
     /// The authorities currently in rotation (ejected ones included).
     pub fn endpoints(&self) -> Vec<String> {
         self.read_endpoints()
@@ -304,7 +310,9 @@ impl Upstream {
     }
 
     /// Sends a gRPC request to one endpoint and returns its response (streamed). `retryable`
-    /// says whether the call may be sent again (an idempotent method). Errors become gRPC
+    /// says whether the call may be sent again (an idempotent method, see
+    /// [`Upstream::is_idempotent`]): only then is its body buffered, for at most
+    /// `retry_buffer_timeout_ms` and the call's deadline. Errors become gRPC
     /// statuses: `UNAVAILABLE` when no endpoint could answer, `DEADLINE_EXCEEDED` when the
     /// deadline (the caller's `grpc-timeout`, or the default) passes first.
     pub async fn call<B>(
@@ -328,11 +336,25 @@ impl Upstream {
 
         let (parts, body) = request.into_parts();
         let mut body = if retryable {
-            match buffer(body, self.config.max_retry_buffer_bytes).await {
-                Ok(body) => body,
-                Err(error) => {
+            // Buffering waits on the caller's bytes: bounded, so a trickled body cannot hold
+            // the call (and its slot under the concurrency limit) open for ever.
+            let limit = Duration::from_millis(self.config.retry_buffer_timeout_ms);
+            let until = deadline.min(started + limit);
+            match tokio::time::timeout_at(until, buffer(body, self.config.max_retry_buffer_bytes))
+                .await
+            {
+                Ok(Ok(body)) => body,
+                Ok(Err(error)) => {
                     return status_response(tonic::Status::cancelled(format!(
                         "request body failed: {error}"
+                    )));
+                }
+                Err(_) => {
+                    metrics::counter!("mesh_upstream_body_timeouts_total", "upstream" => self.name.clone())
+                        .increment(1);
+                    return status_response(tonic::Status::deadline_exceeded(format!(
+                        "the request body did not arrive within {} ms",
+                        (until - started).as_millis()
                     )));
                 }
             }

@@ -3,8 +3,9 @@
 //! [`AuthLayer`] authenticates: a request with `authorization: Bearer <jwt>` is verified
 //! **locally** against the auth service's published keys (cached; refetched when a token names an
 //! unknown `kid`, at most once per `jwks_min_refresh_interval_ms`, so a flood of bogus key ids
-//! cannot hammer the auth service), its `jti` is checked against the Redis denylist, and the
-//! verified [`Identity`] is put into the request's extensions. A bad token is refused with
+//! cannot hammer the auth service), it is checked for revocation in Redis (its `jti` on the
+//! denylist, or issued before its user's "not before" time), and the verified [`Identity`] is
+//! put into the request's extensions. A bad token is refused with
 //! `UNAUTHENTICATED` before the handler runs; a request without a token reaches the handler with
 //! no identity, and the handler decides (some methods are public).
 //!
@@ -30,6 +31,13 @@ use crate::error::{ServiceError, ServiceResult};
 /// Redis key prefix of revoked access-token ids (`<prefix><jti>`, TTL = token's remaining life).
 /// Written by the auth service on logout, read by every verifier.
 pub const DENYLIST_PREFIX: &str = "auth:deny:";
+
+/// Redis key prefix of a user's "not before" time (`<prefix><user id>`, seconds since the epoch):
+/// user access tokens issued (`iat`) before it are revoked. Written by the auth service when it
+/// ends all of a user's sessions (SetRole, ChangePassword, LogoutAll, an admin bootstrap that
+/// resets the account), with a TTL of the access-token lifetime (older tokens have expired by
+/// then); read by every verifier together with the denylist.
+pub const NOT_BEFORE_PREFIX: &str = "auth:nbf:";
 
 /// The `tokens` configuration section, shared by the issuer (auth) and every verifier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,8 +177,8 @@ pub struct Authenticator {
     fetch_state: tokio::sync::Mutex<FetchState>,
     min_refresh: Duration,
     denylist: Option<ConnectionManager>,
-    /// Token text → identity verified from it, and when the denylist was last consulted.
-    verified: Option<quick_cache::sync::Cache<String, (Identity, Instant)>>,
+    /// Token text → identity verified from it, its `iat`, and when revocation was last checked.
+    verified: Option<quick_cache::sync::Cache<String, (Identity, u64, Instant)>>,
     revocation_check: Duration,
     leeway_secs: u64,
 }
@@ -273,11 +281,11 @@ impl Authenticator {
     }
 
     /// Verifies `token` and returns who it identifies. A token verified before is taken from
-    /// the cache (still checked for expiry, and against the denylist at least every
+    /// the cache (still checked for expiry, and for revocation at least every
     /// `revocation_check_interval_ms`).
     pub async fn authenticate(&self, token: &str) -> ServiceResult<Identity> {
         if let Some(cache) = &self.verified
-            && let Some((identity, checked)) = cache.get(token)
+            && let Some((identity, issued_at, checked)) = cache.get(token)
         {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -287,36 +295,59 @@ impl Authenticator {
                 if checked.elapsed() < self.revocation_check {
                     return Ok(identity);
                 }
-                self.check_denylist(&identity).await?;
-                cache.insert(token.to_owned(), (identity.clone(), Instant::now()));
+                self.check_revoked(&identity, issued_at).await?;
+                cache.insert(
+                    token.to_owned(),
+                    (identity.clone(), issued_at, Instant::now()),
+                );
                 return Ok(identity);
             }
             cache.remove(token);
         }
-        let identity = self.verify_fully(token).await?;
+        let (identity, issued_at) = self.verify_fully(token).await?;
         if let Some(cache) = &self.verified {
-            cache.insert(token.to_owned(), (identity.clone(), Instant::now()));
+            cache.insert(
+                token.to_owned(),
+                (identity.clone(), issued_at, Instant::now()),
+            );
         }
         Ok(identity)
     }
 
-    async fn check_denylist(&self, identity: &Identity) -> ServiceResult<()> {
-        if let Some(redis) = &self.denylist {
-            let mut connection = redis.clone();
-            let revoked: bool = redis::cmd("EXISTS")
-                .arg(format!("{DENYLIST_PREFIX}{}", identity.token_id))
-                .query_async(&mut connection)
-                .await?;
-            if revoked {
-                return Err(ServiceError::Unauthenticated(
-                    "access token has been revoked".into(),
-                ));
-            }
+    /// The revocation check, one round trip: the token's `jti` on the denylist (Logout), or,
+    /// for users, issued before the user's "not before" time (every session ended at once).
+    async fn check_revoked(&self, identity: &Identity, issued_at: u64) -> ServiceResult<()> {
+        let Some(redis) = &self.denylist else {
+            return Ok(());
+        };
+        let mut connection = redis.clone();
+        let mut pipe = redis::pipe();
+        pipe.exists(format!("{DENYLIST_PREFIX}{}", identity.token_id));
+        // Service accounts have no sessions to end; their ids share no key space with users'.
+        if !identity.is_service() {
+            pipe.get(format!("{NOT_BEFORE_PREFIX}{}", identity.subject));
+        }
+        let (denied, not_before): (bool, Option<u64>) = if identity.is_service() {
+            let (denied,): (bool,) = pipe.query_async(&mut connection).await?;
+            (denied, None)
+        } else {
+            pipe.query_async(&mut connection).await?
+        };
+        if denied {
+            return Err(ServiceError::Unauthenticated(
+                "access token has been revoked".into(),
+            ));
+        }
+        if not_before.is_some_and(|not_before| issued_at < not_before) {
+            return Err(ServiceError::Unauthenticated(
+                "access token has been revoked: the account's sessions were ended; sign in again"
+                    .into(),
+            ));
         }
         Ok(())
     }
 
-    async fn verify_fully(&self, token: &str) -> ServiceResult<Identity> {
+    async fn verify_fully(&self, token: &str) -> ServiceResult<(Identity, u64)> {
         let kid = Verifier::token_key_id(token).map_err(unauthenticated)?;
         if !self.current().knows_key(&kid) && !self.refresh_keys().await {
             // Not the caller's fault: the key may well be genuine; say so and let them retry.
@@ -324,9 +355,14 @@ impl Authenticator {
                 "cannot fetch token verification keys right now; retry".into(),
             ));
         }
-        let identity = self.current().verify(token).map_err(unauthenticated)?;
-        self.check_denylist(&identity).await?;
-        Ok(identity)
+        let claims = self
+            .current()
+            .verify_claims(token)
+            .map_err(unauthenticated)?;
+        let issued_at = claims.iat;
+        let identity = Identity::from(claims);
+        self.check_revoked(&identity, issued_at).await?;
+        Ok((identity, issued_at))
     }
 }
 

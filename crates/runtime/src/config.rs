@@ -144,6 +144,26 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// How often readiness (e.g. Redis reachability) is re-checked, in milliseconds.
     pub readiness_interval_ms: u64,
+    /// Networks (CIDRs, e.g. `127.0.0.1/32`) of the proxies whose `x-forwarded-for` is believed
+    /// (the gateway, the edge runtime, a load balancer). Empty (default): nobody's; every
+    /// caller is its TCP peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a client may take to send an HTTP/1 request's headers, in milliseconds (a
+    /// connection trickling them is closed).
+    pub header_read_timeout_ms: u64,
+    /// How long a call may take to deliver its first complete gRPC message (the 5-byte prefix
+    /// and the message it announces), in milliseconds; a call still waiting then ends with
+    /// `DEADLINE_EXCEEDED` and frees its slot.
+    pub first_message_timeout_ms: u64,
+    /// Streams one HTTP/2 connection may have open at once (advertised in its SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// Open connections one client address (IPv6: its /64) may hold; more are closed at once.
+    /// Trusted proxies are exempt: they carry many clients.
+    pub max_connections_per_address: usize,
+    /// Calls one client address (IPv6: its /64; the forwarded one behind trusted proxies) may
+    /// have in flight; more are answered `RESOURCE_EXHAUSTED` with `retry-after`. Default: a
+    /// quarter of `concurrency_limit`.
+    pub max_in_flight_per_address: Option<usize>,
 }
 
 impl ServerConfig {
@@ -154,6 +174,14 @@ impl ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], admin)),
             ..Self::default()
         }
+    }
+
+    /// Calls one client address may have in flight: `max_in_flight_per_address`, or a quarter
+    /// of `concurrency_limit` (at least 1).
+    pub fn in_flight_per_address(&self) -> usize {
+        self.max_in_flight_per_address
+            .unwrap_or(self.concurrency_limit / 4)
+            .clamp(1, self.concurrency_limit.max(1))
     }
 }
 
@@ -166,6 +194,12 @@ impl Default for ServerConfig {
             concurrency_limit: 1024,
             shutdown_grace_ms: 10_000,
             readiness_interval_ms: 2_000,
+            trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            first_message_timeout_ms: 10_000,
+            max_concurrent_streams: 100,
+            max_connections_per_address: 64,
+            max_in_flight_per_address: None,
         }
     }
 }
@@ -187,6 +221,35 @@ impl Validate for ServerConfig {
         }
         if self.readiness_interval_ms < 50 {
             return Err(invalid("readiness_interval_ms", "must be at least 50 ms"));
+        }
+        if !(100..=300_000).contains(&self.header_read_timeout_ms) {
+            return Err(invalid(
+                "header_read_timeout_ms",
+                "must be between 100 and 300000 ms",
+            ));
+        }
+        if !(100..=300_000).contains(&self.first_message_timeout_ms) {
+            return Err(invalid(
+                "first_message_timeout_ms",
+                "must be between 100 and 300000 ms",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_concurrent_streams) {
+            return Err(invalid(
+                "max_concurrent_streams",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid("max_connections_per_address", "must be at least 1"));
+        }
+        if let Some(per_address) = self.max_in_flight_per_address
+            && (per_address == 0 || per_address > self.concurrency_limit)
+        {
+            return Err(invalid(
+                "max_in_flight_per_address",
+                "must be between 1 and `concurrency_limit`",
+            ));
         }
         if self.listen.port() != 0 && self.listen == self.admin_listen {
             return Err(invalid("admin_listen", "must differ from `listen`"));
@@ -309,6 +372,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("demo.server.concurrency_limit"), "{error}");
+    }
+
+    #[test]
+    fn hardening_limits_are_validated_by_key() {
+        for (toml, key) in [
+            ("first_message_timeout_ms = 0", "first_message_timeout_ms"),
+            ("header_read_timeout_ms = 5", "header_read_timeout_ms"),
+            ("max_concurrent_streams = 0", "max_concurrent_streams"),
+            (
+                "max_connections_per_address = 0",
+                "max_connections_per_address",
+            ),
+            (
+                "concurrency_limit = 8\nmax_in_flight_per_address = 9",
+                "max_in_flight_per_address",
+            ),
+            ("trusted_proxies = [\"not-a-network\"]", "trusted_proxies"),
+        ] {
+            let loader = ConfigLoader::from_toml_str(&format!("[demo.server]\n{toml}\n"));
+            let error = loader
+                .section::<DemoSection>("demo")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+        let loader = ConfigLoader::from_toml_str(
+            "[demo.server]\ntrusted_proxies = [\"127.0.0.1/32\", \"fd00::/8\"]\n",
+        );
+        let demo: DemoSection = loader.section("demo").unwrap();
+        assert_eq!(demo.server.trusted_proxies.len(), 2);
+        assert_eq!(demo.server.in_flight_per_address(), 256);
     }
 
     #[test]

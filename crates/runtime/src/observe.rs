@@ -10,9 +10,14 @@
 //! the trailers at the end of the body. A body dropped before its end (client went away) counts as
 //! `CANCELLED`.
 //!
+//! Only methods this process knows get their own labels: the contract's
+//! (`storemesh_proto::FILE_DESCRIPTOR_SET`), health and reflection, and whatever a host
+//! registers ([`register_methods`]). Every other path, which the client chooses, shares the
+//! `unknown` labels, so clients cannot grow the metrics (or this layer's map) without bound.
+//!
 //! The names and their descriptions live with the process-wide recorder in [`crate::metrics`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::task::{Context, Poll, ready};
@@ -38,9 +43,61 @@ fn rpc_names(path: &str) -> (String, String) {
     }
 }
 
-/// Paths given their own metric labels; calls to further paths share the `unknown` labels.
-/// The path is chosen by the client, so this bounds both this map and the metrics' cardinality.
-const MAX_LABELLED_PATHS: usize = 512;
+/// The request paths (`/package.Service/Method`) given their own metric labels.
+static KNOWN_METHODS: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(|| {
+    let mut known = HashSet::new();
+    for set in [
+        storemesh_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        known.extend(method_paths(set));
+    }
+    RwLock::new(known)
+});
+
+/// The request paths of every method of every service in an encoded `FileDescriptorSet`
+/// (none when it does not decode).
+fn method_paths(descriptor_set: &[u8]) -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(descriptor_set) else {
+        tracing::warn!("a descriptor set does not decode; its methods are labelled `unknown`");
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for file in &set.file {
+        let package = file.package();
+        for service in &file.service {
+            let service_name = if package.is_empty() {
+                service.name().to_owned()
+            } else {
+                format!("{package}.{}", service.name())
+            };
+            for method in &service.method {
+                paths.push(format!("/{service_name}/{}", method.name()));
+            }
+        }
+    }
+    paths
+}
+
+/// Gives the methods of an encoded `FileDescriptorSet` their own metric labels (a host calls
+/// it for the services it adds).
+pub fn register_methods(descriptor_set: &[u8]) {
+    let paths = method_paths(descriptor_set);
+    let mut known = KNOWN_METHODS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.extend(paths);
+}
+
+fn is_known(path: &str) -> bool {
+    KNOWN_METHODS
+        .read()
+        .map(|known| known.contains(path))
+        .unwrap_or_else(|poisoned| poisoned.into_inner().contains(path))
+}
 
 /// One RPC path's metric handles, registered once. Looking a labelled metric up in the
 /// registry allocates and hashes its labels; on a hot read that showed on every call.
@@ -94,7 +151,7 @@ fn rpc_metrics(path: &str) -> Arc<RpcMetrics> {
         return metrics;
     }
     let (service, method) = rpc_names(path);
-    if service == "unknown" {
+    if service == "unknown" || !is_known(path) {
         return UNKNOWN.clone();
     }
     let mut map = match BY_PATH.write() {
@@ -104,12 +161,17 @@ fn rpc_metrics(path: &str) -> Arc<RpcMetrics> {
     if let Some(metrics) = map.get(path) {
         return metrics.clone();
     }
-    if map.len() >= MAX_LABELLED_PATHS {
-        return UNKNOWN.clone();
-    }
     let metrics = Arc::new(RpcMetrics::new(service, method));
     map.insert(path.to_owned(), metrics.clone());
     metrics
+}
+
+/// A call's correlation ids, put in the request's extensions by the server layers: the
+/// server's own id (always made here) and the caller's `x-request-id` when it was well-formed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIds {
+    pub own: String,
+    pub client: Option<String>,
 }
 
 /// Records the outcome of one served call exactly once (on status, or on drop).
@@ -187,12 +249,17 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let metrics = rpc_metrics(request.uri().path());
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let ids = request.extensions().get::<RequestIds>();
+        // Without the server layers (a bare use of this layer), the header as it is.
+        let request_id = ids.map(|ids| ids.own.clone()).unwrap_or_else(|| {
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        });
+        let client_request_id = ids.and_then(|ids| ids.client.clone());
         let span = tracing::info_span!(
             "rpc",
             otel.kind = "server",
@@ -200,9 +267,13 @@ where
             rpc.service = %metrics.service,
             rpc.method = %metrics.method,
             request_id = %request_id,
+            client_request_id = tracing::field::Empty,
             grpc.code = tracing::field::Empty,
             subject = tracing::field::Empty,
         );
+        if let Some(client) = &client_request_id {
+            span.record("client_request_id", client.as_str());
+        }
         adopt_remote_parent(&span, request.headers());
         metrics.started.increment(1);
         let mut record = CallRecord {
@@ -313,25 +384,57 @@ mod tests {
     }
 
     #[test]
-    fn client_chosen_paths_cannot_grow_the_labels_without_bound() {
-        let first = rpc_metrics("/storemesh.test.v1.Bounded/First");
-        assert_eq!(first.method, "First");
+    fn only_known_methods_get_their_own_labels() {
+        let login = rpc_metrics("/storemesh.auth.v1.AuthService/Login");
+        assert_eq!(
+            (login.service.as_str(), login.method.as_str()),
+            ("storemesh.auth.v1.AuthService", "Login")
+        );
         assert!(Arc::ptr_eq(
-            &first,
-            &rpc_metrics("/storemesh.test.v1.Bounded/First")
+            &login,
+            &rpc_metrics("/storemesh.auth.v1.AuthService/Login")
         ));
-        for index in 0..MAX_LABELLED_PATHS {
-            rpc_metrics(&format!("/storemesh.test.v1.Bounded/M{index}"));
+        assert_eq!(rpc_metrics("/grpc.health.v1.Health/Check").method, "Check");
+        assert_eq!(
+            rpc_metrics("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").method,
+            "ServerReflectionInfo"
+        );
+        // Paths the client makes up, even under a known service, share one label.
+        for path in [
+            "/storemesh.auth.v1.AuthService/NoSuchMethod",
+            "/storemesh.test.v1.Invented/M1",
+            "/x/y",
+        ] {
+            let metrics = rpc_metrics(path);
+            assert_eq!(
+                (metrics.service.as_str(), metrics.method.as_str()),
+                ("unknown", "unknown"),
+                "{path}"
+            );
         }
-        let overflow = rpc_metrics("/storemesh.test.v1.Bounded/OneTooMany");
-        assert_eq!(
-            (overflow.service.as_str(), overflow.method.as_str()),
-            ("unknown", "unknown")
-        );
-        // Paths labelled before the map filled keep their labels.
-        assert_eq!(
-            rpc_metrics("/storemesh.test.v1.Bounded/First").method,
-            "First"
-        );
+    }
+
+    #[test]
+    fn registered_methods_get_their_labels() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet {
+            file: vec![prost_types::FileDescriptorProto {
+                name: Some("registered.proto".into()),
+                package: Some("storemesh.registered.v1".into()),
+                service: vec![prost_types::ServiceDescriptorProto {
+                    name: Some("Registered".into()),
+                    method: vec![prost_types::MethodDescriptorProto {
+                        name: Some("Call".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let path = "/storemesh.registered.v1.Registered/Call";
+        assert_eq!(rpc_metrics(path).method, "unknown");
+        register_methods(&set.encode_to_vec());
+        assert_eq!(rpc_metrics(path).method, "Call");
     }
 }

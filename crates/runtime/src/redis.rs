@@ -100,6 +100,51 @@ pub fn is_missing_group(error: &redis::RedisError) -> bool {
     error.code() == Some("NOGROUP")
 }
 
+/// Redis's memory use and limit, from `INFO memory` (which managed Redis services answer even
+/// where `CONFIG` is disabled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisMemory {
+    /// `used_memory`: bytes allocated for data, what `maxmemory` is compared with.
+    pub used_bytes: u64,
+    /// `maxmemory`; 0 = no limit.
+    pub max_bytes: u64,
+    /// `maxmemory_policy`, e.g. `noeviction`.
+    pub policy: String,
+}
+
+impl RedisMemory {
+    /// Parses the text of `INFO memory`; missing fields read as 0 / empty.
+    pub fn parse(info: &str) -> Self {
+        let field = |name: &str| {
+            info.lines()
+                .filter_map(|line| line.trim_end().split_once(':'))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_owned())
+        };
+        let number = |name: &str| field(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Self {
+            used_bytes: number("used_memory"),
+            max_bytes: number("maxmemory"),
+            policy: field("maxmemory_policy").unwrap_or_default(),
+        }
+    }
+
+    /// Whether a full Redis refuses writes instead of evicting keys: the only safe policy for
+    /// a primary datastore (evicting would silently drop products, events or sessions).
+    pub fn is_noeviction(&self) -> bool {
+        self.policy == "noeviction"
+    }
+}
+
+/// Reads [`RedisMemory`] with `INFO memory`.
+pub async fn memory(redis: &ConnectionManager) -> redis::RedisResult<RedisMemory> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut redis.clone())
+        .await?;
+    Ok(RedisMemory::parse(&info))
+}
+
 /// Readiness: Redis answers `PING`.
 #[derive(Clone)]
 pub struct RedisReadiness(pub ConnectionManager);
@@ -135,6 +180,20 @@ impl From<redis::RedisError> for ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_info_is_parsed() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n\
+                    maxmemory:536870912\r\nmaxmemory_human:512.00M\r\n\
+                    maxmemory_policy:noeviction\r\n";
+        let memory = RedisMemory::parse(info);
+        assert_eq!(memory.used_bytes, 1_048_576);
+        assert_eq!(memory.max_bytes, 536_870_912);
+        assert!(memory.is_noeviction());
+        let unlimited = RedisMemory::parse("used_memory:5\r\nmaxmemory_policy:allkeys-lru\r\n");
+        assert_eq!(unlimited.max_bytes, 0);
+        assert!(!unlimited.is_noeviction());
+    }
 
     #[test]
     fn debug_does_not_print_the_password() {

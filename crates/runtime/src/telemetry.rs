@@ -174,11 +174,53 @@ impl Injector for MetadataInjector<'_> {
     }
 }
 
-/// Makes `span` a child of the W3C `traceparent` carried by incoming request headers.
+/// Whether a `traceparent` value is W3C trace context as this server accepts it: version
+/// `00`, exactly `00-{32 hex}-{16 hex}-{2 hex}` in lowercase, trace and parent ids not all
+/// zeros. The propagator alone accepts more (e.g. later versions with extra fields).
+pub fn is_valid_traceparent(value: &str) -> bool {
+    fn lower_hex(part: &str, len: usize) -> bool {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+    let mut parts = value.split('-');
+    let (Some(version), Some(trace_id), Some(parent_id), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    version == "00"
+        && lower_hex(trace_id, 32)
+        && lower_hex(parent_id, 16)
+        && lower_hex(flags, 2)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0')
+}
+
+/// The caller's trace context from incoming request headers: only when there is exactly one
+/// well-formed `traceparent` ([`is_valid_traceparent`]); otherwise none, and the call starts
+/// its own trace.
+pub fn remote_context(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
+    let mut values = headers.get_all("traceparent").iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    if !value.to_str().is_ok_and(is_valid_traceparent) {
+        return None;
+    }
+    Some(TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
+}
+
+/// Makes `span` a child of the W3C `traceparent` carried by incoming request headers, when it
+/// is well-formed ([`remote_context`]).
 pub fn adopt_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    // Fails only when no OpenTelemetry layer is installed, which changes nothing for the caller.
-    let _ = span.set_parent(parent);
+    if let Some(parent) = remote_context(headers) {
+        // Fails only when no OpenTelemetry layer is installed, which changes nothing for the
+        // caller.
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// Writes the current span's trace context into outgoing gRPC metadata (`traceparent`).
@@ -198,5 +240,60 @@ impl tonic::service::Interceptor for TracePropagation {
     ) -> Result<tonic::Request<()>, tonic::Status> {
         inject_trace_context(request.metadata_mut());
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(values: &[&str]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for value in values {
+            headers.append(
+                "traceparent",
+                http::HeaderValue::from_str(value).expect("a header value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn a_well_formed_traceparent_is_adopted() {
+        let context = remote_context(&headers(&[VALID])).expect("adopted");
+        let span = context.span();
+        assert!(span.span_context().is_remote());
+        assert_eq!(
+            span.span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            // Uppercase hex.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            // Another version with extra fields, which the propagator alone accepts.
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad:?}");
+            assert!(remote_context(&headers(&[bad])).is_none(), "{bad:?}");
+        }
+        assert!(
+            remote_context(&headers(&[VALID, VALID])).is_none(),
+            "two traceparents: which one?"
+        );
+        assert!(remote_context(&http::HeaderMap::new()).is_none());
     }
 }

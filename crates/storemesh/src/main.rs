@@ -3,7 +3,7 @@
 //! - `storemesh serve <service>` runs one service in the foreground (what Kubernetes runs).
 //! - `storemesh up` runs the whole system on this machine as child processes.
 //! - `storemesh auth rotate-key` rotates the token signing key.
-//! - `storemesh register|login|logout|products|upload|images` are the client: what a seller or
+//! - `storemesh register|login|logout|change-password|products|upload|images` are the client: what a seller or
 //!   a script (`--json`) uses against a running system.
 
 mod client;
@@ -80,6 +80,21 @@ enum Command {
     },
     /// Revoke the saved session and forget it.
     Logout {
+        /// End every session of the account (every device), not only this one.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        opts: client::ClientOpts,
+    },
+    /// Change the signed-in account's password: every other session ends, this one continues
+    /// with fresh tokens.
+    ChangePassword {
+        /// The current password; read from stdin (first line) when absent.
+        #[arg(long, env = "STOREMESH_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// The new password; read from stdin (next line) when absent.
+        #[arg(long, env = "STOREMESH_NEW_PASSWORD", hide_env_values = true)]
+        new_password: Option<String>,
         #[command(flatten)]
         opts: client::ClientOpts,
     },
@@ -191,7 +206,26 @@ fn main() -> ExitCode {
                     .login(email, password)
                     .await
             }
-            Command::Logout { opts } => client::Client::connect(&opts).await?.logout().await,
+            Command::Logout { all, opts } => {
+                let client = client::Client::connect(&opts).await?;
+                if all {
+                    client.logout_all().await
+                } else {
+                    client.logout().await
+                }
+            }
+            Command::ChangePassword {
+                password,
+                new_password,
+                opts,
+            } => {
+                let old = client::password(password)?;
+                let new = client::password(new_password)?;
+                client::Client::connect(&opts)
+                    .await?
+                    .change_password(old, new)
+                    .await
+            }
             Command::Products { command, opts } => {
                 client::Client::connect(&opts)
                     .await?

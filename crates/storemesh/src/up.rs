@@ -34,6 +34,11 @@ pub struct UpArgs {
     /// Port of the local redis-server (ignored when REDIS_URL is set).
     #[arg(long, default_value_t = 6379)]
     redis_port: u16,
+    /// `maxmemory` of the local redis-server (e.g. `512mb`, `2gb`; ignored when REDIS_URL is
+    /// set). It runs with `maxmemory-policy noeviction`: when full, writes are refused
+    /// instead of state being evicted.
+    #[arg(long, default_value = DEFAULT_REDIS_MAXMEMORY, value_parser = parse_redis_memory)]
+    redis_maxmemory: String,
     /// Seconds to wait for every service to become ready.
     #[arg(long, default_value_t = 120)]
     ready_timeout: u64,
@@ -49,6 +54,64 @@ pub struct UpArgs {
 }
 
 const ADMIN_EMAIL: &str = "admin@storemesh.local";
+
+/// Default `--redis-maxmemory`: ample for a development machine's products and events.
+const DEFAULT_REDIS_MAXMEMORY: &str = "512mb";
+
+/// A Redis memory size: digits, optionally followed by `kb`, `mb` or `gb` (as redis.conf
+/// reads them), at least 1 MiB; checked here so a typo fails `up` at once instead of
+/// redis-server dying at start.
+fn parse_redis_memory(value: &str) -> Result<String, String> {
+    let lower = value.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(digits_end);
+    let multiplier: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(format!("{value:?}: expected e.g. 512mb or 2gb")),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{value:?}: expected e.g. 512mb or 2gb"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("{value:?}: at least 1mb"));
+    }
+    Ok(lower)
+}
+
+/// The arguments of the local redis-server: loopback only, AOF on (fsync every second), no RDB
+/// snapshots, and a memory limit with `noeviction`. Redis is the primary datastore here, not a
+/// cache: an evicting policy would silently drop products, sessions or stream entries (the
+/// storage event stream, the dead letters), so a full Redis must refuse writes instead.
+fn redis_server_args(port: u16, dir: &Path, maxmemory: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory",
+        maxmemory,
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    args.extend([OsString::from("--dir"), dir.as_os_str().to_owned()]);
+    args
+}
 
 /// The thumbnail function's service account, provisioned by `up` and handed to the function
 /// through its Spin variables.
@@ -633,13 +696,11 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             ensure_free(addr, "redis-server")?;
             let redis_dir = data_dir.join("redis");
             std::fs::create_dir_all(&redis_dir)?;
-            let port = args.redis_port.to_string();
-            children.0.push(spawn(
-                ChildSpec::new(REDIS, "redis-server")
-                    .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-                    .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-                    .args([OsString::from("--dir"), redis_dir.into_os_string()]),
-            )?);
+            children
+                .0
+                .push(spawn(ChildSpec::new(REDIS, "redis-server").args(
+                    redis_server_args(args.redis_port, &redis_dir, &args.redis_maxmemory),
+                ))?);
             let url = format!("redis://127.0.0.1:{}", args.redis_port);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !redis_answers(&url) {
@@ -718,6 +779,20 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             format!("[{}]", quoted.join(", ")),
         ));
     }
+    // The edge runtime and the gateway connect from 127.0.0.1, and forward the end client's
+    // address; the gateway and the services believe it from them only. A local client bound
+    // to another loopback address (127.0.0.2, …) is counted as itself.
+    for section in ["gateway", "auth", "catalog", "storage"] {
+        if !loader.is_set(&format!("{section}.server.trusted_proxies")) {
+            cross_env.push((
+                format!(
+                    "STOREMESH_{}__SERVER__TRUSTED_PROXIES",
+                    section.to_uppercase()
+                ),
+                "[\"127.0.0.1/32\"]".into(),
+            ));
+        }
+    }
     let gateway_config: storemesh_gateway::GatewayConfig = loader.section("gateway")?;
     for (service, upstream) in [
         (Service::Auth, "auth"),
@@ -791,7 +866,12 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
             server.admin_listen.to_string()
         );
     }
-    println!("  {:<10} {redis_url}", REDIS);
+    // REDIS_URL may carry a password: never printed.
+    println!(
+        "  {:<10} {}",
+        REDIS,
+        storemesh_runtime::secret::redact_url(&redis_url)
+    );
     if let Some((_, edge)) = servers
         .iter()
         .find(|(service, _)| *service == Service::Edge)
@@ -830,4 +910,72 @@ pub async fn run(args: UpArgs, config: Option<&Path>) -> anyhow::Result<()> {
     println!("stopping...");
     tokio::task::spawn_blocking(move || children.stop_all()).await?;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn redis_memory_sizes_are_checked() {
+        assert_eq!(parse_redis_memory("512mb").unwrap(), "512mb");
+        assert_eq!(parse_redis_memory("2GB").unwrap(), "2gb");
+        assert_eq!(parse_redis_memory("1048576").unwrap(), "1048576");
+        for bad in [
+            "",
+            "mb",
+            "512 mb",
+            "12tb",
+            "1kb",
+            "-1mb",
+            "99999999999999999999gb",
+        ] {
+            assert!(parse_redis_memory(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The real redis-server takes the arguments `up` gives it and runs with the memory limit
+    /// and `noeviction`.
+    #[test]
+    fn the_local_redis_runs_with_maxmemory_and_noeviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = storemesh_testkit::free_port().unwrap();
+        let mut child = Command::new("redis-server")
+            .args(redis_server_args(port, dir.path(), "64mb"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_answers(&url) {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let config: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory*")
+            .query(&mut connection)
+            .unwrap();
+        let value = |name: &str| {
+            config
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .map(|pair| pair[1].clone())
+        };
+        assert_eq!(
+            value("maxmemory").as_deref(),
+            Some("67108864"),
+            "{config:?}"
+        );
+        assert_eq!(
+            value("maxmemory-policy").as_deref(),
+            Some("noeviction"),
+            "{config:?}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

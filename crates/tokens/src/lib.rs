@@ -327,6 +327,12 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_claims(token).map(Identity::from)
+    }
+
+    /// Like [`Verifier::verify`], but the whole claims (verifiers that check `iat` against a
+    /// revocation time need it).
+    pub fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
         let kid = Self::token_key_id(token)?;
         let key = self
             .keys
@@ -354,7 +360,7 @@ impl Verifier {
         if data.claims.jti.is_empty() || data.claims.sub.is_empty() {
             return Err(TokenError::InvalidClaims);
         }
-        Ok(Identity::from(data.claims))
+        Ok(data.claims)
     }
 }
 

@@ -272,7 +272,11 @@ async fn prepare(request: IncomingRequest) -> Result<Answer, ApiError> {
         check_signature(&image_path.path(), query)?;
     }
     let settings = Settings::load()?;
-    let mesh = Mesh::new(&settings.mesh).map_err(misconfigured)?;
+    // The mesh counts these calls under the shopper's address (Spin's `spin-client-addr`), not
+    // the edge's, which every shopper shares.
+    let mesh = Mesh::new(&settings.mesh)
+        .map_err(misconfigured)?
+        .on_behalf_of(headers.get("spin-client-addr"));
     // A signed URL is all the credentials needed; otherwise the caller's token is verified
     // alongside the service token, and only consulted if the asset is not public.
     let bearer = if signed {

@@ -135,6 +135,9 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub struct Mesh {
     channel: MeshChannel,
     default_timeout: Duration,
+    /// The end client's address, sent as `x-forwarded-for` on every call (see
+    /// [`Mesh::on_behalf_of`]).
+    forwarded_for: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Mesh {
@@ -151,7 +154,22 @@ impl Mesh {
                 transport: config.transport,
             },
             default_timeout: config.default_timeout,
+            forwarded_for: None,
         })
+    }
+
+    /// Every call made for the end client at `client_addr` (Spin's `spin-client-addr` header,
+    /// `ip:port`) carries `x-forwarded-for: <ip>`, so the gateway, which believes it from the
+    /// edge, counts the calls under the client's address rather than the edge's one (where
+    /// every client's calls would share a bucket). A missing or unparsable address forwards
+    /// nothing. Only the address Spin reports is forwarded, never a client-sent
+    /// `x-forwarded-for`.
+    #[must_use]
+    pub fn on_behalf_of(mut self, client_addr: Option<&str>) -> Self {
+        self.forwarded_for = client_addr
+            .and_then(client_ip)
+            .and_then(|ip| ip.to_string().parse().ok());
+        self
     }
 
     pub fn transport(&self) -> Transport {
@@ -234,6 +252,11 @@ impl Mesh {
     ) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
+        if let Some(client) = &self.forwarded_for {
+            request
+                .metadata_mut()
+                .insert("x-forwarded-for", client.clone());
+        }
         if let Some(token) = token
             && let Ok(value) = format!("Bearer {token}").parse()
         {
@@ -241,6 +264,18 @@ impl Mesh {
         }
         request
     }
+}
+
+/// The IP address of Spin's `spin-client-addr` (`ip:port`, `[v6]:port`; a bare address is
+/// accepted too), IPv4-mapped IPv6 addresses as IPv4.
+pub fn client_ip(client_addr: &str) -> Option<std::net::IpAddr> {
+    let client_addr = client_addr.trim();
+    let ip = client_addr
+        .parse::<std::net::SocketAddr>()
+        .map(|addr| addr.ip())
+        .or_else(|_| client_addr.parse::<std::net::IpAddr>())
+        .ok()?;
+    Some(ip.to_canonical())
 }
 
 /// The headers of an incoming request, for the few a component reads.
@@ -296,4 +331,21 @@ pub fn pause(duration: Duration) {
 pub fn io_error_text(error: &wasi::io::error::Error) -> String {
     let text = error.to_debug_string();
     text.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_ip_comes_from_spins_client_address() {
+        let ip = |text: &str| client_ip(text).map(|ip| ip.to_string());
+        assert_eq!(ip("127.0.0.2:50123").as_deref(), Some("127.0.0.2"));
+        assert_eq!(ip("[2001:db8::7]:443").as_deref(), Some("2001:db8::7"));
+        assert_eq!(ip("[::ffff:10.1.2.3]:80").as_deref(), Some("10.1.2.3"));
+        assert_eq!(ip("192.0.2.9").as_deref(), Some("192.0.2.9"));
+        for bad in ["", "localhost:80", "1.2.3.4, 5.6.7.8", "1.2.3.4:99999"] {
+            assert_eq!(ip(bad), None, "{bad}");
+        }
+    }
 }

@@ -166,6 +166,8 @@ async fn process(request: IncomingRequest) -> Result<Response, ApiError> {
     let event_id = delivery.event_id.clone();
 
     let settings = Settings::load()?;
+    // No `x-forwarded-for`: the caller is the event dispatcher, not an end client; the calls
+    // count under the edge's own address and the thumbnail service account.
     let mesh = Mesh::new(&settings.mesh).map_err(misconfigured)?;
     let token = mesh
         .service_token(

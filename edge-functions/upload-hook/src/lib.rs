@@ -107,7 +107,11 @@ async fn upload(request: IncomingRequest) -> Result<Response, ApiError> {
     }
     let headers = Headers::of(&request);
     let settings = Settings::load()?;
-    let mesh = Mesh::new(&settings.mesh).map_err(misconfigured)?;
+    // The mesh counts these calls under the seller's address (Spin's `spin-client-addr`), not
+    // the edge's, which every client shares: one client's load cannot use up another's limits.
+    let mesh = Mesh::new(&settings.mesh)
+        .map_err(misconfigured)?
+        .on_behalf_of(headers.get("spin-client-addr"));
 
     let token = rules::bearer_token(headers.get("authorization"))?.to_owned();
     let product_id = headers

@@ -20,8 +20,16 @@ pub struct AuthConfig {
     pub generate_missing_key: bool,
     /// Lifetime of user access tokens, in seconds.
     pub access_token_ttl_secs: u64,
-    /// Lifetime of refresh tokens, in seconds.
+    /// Lifetime of refresh tokens, in seconds (each use gets a new one: an idle limit).
     pub refresh_token_ttl_secs: u64,
+    /// Absolute lifetime of a session (a refresh token family), from its Login, in seconds:
+    /// refreshing never extends a session beyond it, so a stolen refresh token that is used
+    /// regularly still dies.
+    pub refresh_session_max_lifetime_secs: u64,
+    /// After its first use, a refresh token presented again within this many milliseconds gets
+    /// another fresh pair instead of revoking its family (a client's retry after a lost
+    /// answer, two tabs refreshing at once). 0 turns the grace off.
+    pub refresh_reuse_grace_ms: u64,
     /// Lifetime of service-account access tokens, in seconds.
     pub service_token_ttl_secs: u64,
     pub argon2: Argon2Config,
@@ -32,7 +40,10 @@ pub struct AuthConfig {
     /// Service accounts created or updated at start.
     pub service_accounts: Vec<ServiceAccountConfig>,
     pub rate_limit: RateLimitConfig,
-    /// Take the client address from `x-forwarded-for` (only behind a trusted gateway).
+    /// Deprecated and ignored: the client address comes from the server layer
+    /// (`storemesh_runtime::server::ClientAddr`), which believes `x-forwarded-for` only from
+    /// `auth.server.trusted_proxies`. Still accepted so old configurations load; a warning is
+    /// logged when set.
     pub trust_forwarded_for: bool,
 }
 
@@ -44,6 +55,8 @@ impl Default for AuthConfig {
             generate_missing_key: true,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            refresh_session_max_lifetime_secs: 30 * 24 * 3600,
+            refresh_reuse_grace_ms: 10_000,
             service_token_ttl_secs: 15 * 60,
             argon2: Argon2Config::default(),
             admin_email: String::new(),
@@ -66,6 +79,12 @@ pub struct Argon2Config {
     pub iterations: u32,
     /// Lanes.
     pub parallelism: u32,
+    /// Hashes running at once (each holds `memory_kib`); 0 means one per CPU core.
+    pub max_concurrent: u32,
+    /// Hashes waiting for a turn; beyond them a call (Login, Register, ChangePassword, a
+    /// first IssueServiceToken) is refused at once with `RESOURCE_EXHAUSTED` and
+    /// `retry-after`.
+    pub max_queued: u32,
 }
 
 impl Default for Argon2Config {
@@ -74,6 +93,8 @@ impl Default for Argon2Config {
             memory_kib: 19 * 1024,
             iterations: 2,
             parallelism: 1,
+            max_concurrent: 0,
+            max_queued: 32,
         }
     }
 }
@@ -92,8 +113,18 @@ pub struct ServiceAccountConfig {
 pub struct RateLimitConfig {
     /// Window length, in seconds.
     pub window_secs: u64,
-    /// Login attempts per account (email) per window.
+    /// Login attempts per account (email) per window from client addresses that never logged
+    /// in to it (see `known_address_ttl_secs`). Addresses the owner logged in from are not
+    /// counted here, so guessing from elsewhere cannot lock the owner out of them.
     pub login_per_account: u64,
+    /// Login attempts per account and client address per window (every address, known or
+    /// not): bounds guessing from any one address, the owner's included.
+    pub login_per_account_address: u64,
+    /// How long a client address stays known to an account after a successful login from it,
+    /// in seconds.
+    pub known_address_ttl_secs: u64,
+    /// Known addresses kept per account (the most recent).
+    pub known_addresses_per_account: u64,
     /// Login attempts per client address per window.
     pub login_per_address: u64,
     /// Registrations per client address per window.
@@ -115,6 +146,9 @@ impl Default for RateLimitConfig {
         Self {
             window_secs: 60,
             login_per_account: 10,
+            login_per_account_address: 10,
+            known_address_ttl_secs: 90 * 24 * 3600,
+            known_addresses_per_account: 32,
             login_per_address: 60,
             register_per_address: 30,
             register_per_account: 5,
@@ -157,6 +191,25 @@ impl Validate for AuthConfig {
             return Err(invalid(
                 "refresh_token_ttl_secs",
                 "must be at least access_token_ttl_secs".into(),
+            ));
+        }
+        if self.refresh_session_max_lifetime_secs < self.access_token_ttl_secs {
+            return Err(invalid(
+                "refresh_session_max_lifetime_secs",
+                "must be at least access_token_ttl_secs".into(),
+            ));
+        }
+        if self.refresh_reuse_grace_ms > 60_000 {
+            // A long grace hands a thief who replays a used token a live session unnoticed.
+            return Err(invalid(
+                "refresh_reuse_grace_ms",
+                "must be at most 60000".into(),
+            ));
+        }
+        if self.argon2.max_queued > 100_000 {
+            return Err(invalid(
+                "argon2.max_queued",
+                "must be at most 100000".into(),
             ));
         }
         if self.argon2.memory_kib < 8 * self.argon2.parallelism.max(1)
@@ -207,6 +260,9 @@ impl Validate for AuthConfig {
         if limits.window_secs == 0
             || [
                 limits.login_per_account,
+                limits.login_per_account_address,
+                limits.known_address_ttl_secs,
+                limits.known_addresses_per_account,
                 limits.login_per_address,
                 limits.register_per_address,
                 limits.register_per_account,

@@ -79,6 +79,13 @@ pub async fn build(settings: AuthSettings) -> Result<ServiceHost, StartError> {
         redis,
         tokens,
     } = settings;
+    if auth.trust_forwarded_for {
+        // Believing the header from any peer let callers pick their rate-limit bucket.
+        tracing::warn!(
+            "auth.trust_forwarded_for is deprecated and ignored: list the gateway's and other \
+             proxies' addresses in auth.server.trusted_proxies instead"
+        );
+    }
     let connection = storemesh_runtime::redis::connect(&redis)
         .await
         .map_err(|source| StartError::Redis {

@@ -1,10 +1,14 @@
 //! Argon2id password and client-secret hashing, run on the blocking pool so a burst of logins
 //! never stalls the async workers serving other calls.
 //!
-//! Two things keep the cost bounded:
-//! - At most [`PasswordHasher::concurrency`] hashes run at once. Each Argon2id hash holds its
-//!   whole memory cost (19 MiB by default); unbounded, a burst on the 512-thread blocking pool
-//!   grew auth to ~1 GiB, and the hashes compete for the same cores anyway.
+//! Three things keep the cost bounded:
+//! - At most `argon2.max_concurrent` hashes (default: one per core) run at once. Each Argon2id
+//!   hash holds its whole memory cost (19 MiB by default); unbounded, a burst on the 512-thread
+//!   blocking pool grew auth to ~1 GiB, and the hashes compete for the same cores anyway.
+//! - At most `argon2.max_queued` more wait for a turn; beyond that a call is refused at once
+//!   with `RESOURCE_EXHAUSTED` and `retry-after` ([`HasherBusy`]), so a flood of logins is
+//!   answered quickly instead of piling up calls (and their connections and streams) that would
+//!   only time out in the queue.
 //! - Service-account secrets that verified once are remembered (see [`VerifiedSecrets`]), so
 //!   the thumbnail function's token request per delivery costs an HMAC, not an Argon2id hash.
 
@@ -23,6 +27,23 @@ use storemesh_runtime::{ServiceError, ServiceResult};
 
 use crate::config::Argon2Config;
 
+/// What a caller refused by a full hashing queue is told to wait.
+pub const HASHER_BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The hashing queue is full.
+#[derive(Debug, thiserror::Error)]
+#[error("too many password checks in progress; retry later")]
+pub struct HasherBusy;
+
+impl From<HasherBusy> for ServiceError {
+    fn from(busy: HasherBusy) -> Self {
+        ServiceError::ResourceExhausted {
+            message: busy.to_string(),
+            retry_after: Some(HASHER_BUSY_RETRY_AFTER),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Arc<Argon2<'static>>,
@@ -31,6 +52,15 @@ pub struct PasswordHasher {
     decoy: Arc<String>,
     /// Bounds the hashes running at once (and so their memory).
     permits: Arc<Semaphore>,
+    /// Bounds the hashes running or waiting: `max_concurrent + max_queued` permits, taken
+    /// without waiting.
+    admitted: Arc<Semaphore>,
+}
+
+/// A turn at hashing: admitted to the queue, then one of the running slots.
+struct Turn {
+    _admitted: tokio::sync::OwnedSemaphorePermit,
+    _running: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PasswordHasher {
@@ -48,25 +78,42 @@ impl PasswordHasher {
             .hash_password(decoy_secret.as_bytes(), &salt)
             .map_err(|_| argon2::Error::OutputTooShort)?
             .to_string();
+        let running = Self::concurrency(config.max_concurrent);
+        let queued = usize::try_from(config.max_queued).unwrap_or(usize::MAX);
         Ok(Self {
             argon2: Arc::new(argon2),
             decoy: Arc::new(decoy),
-            permits: Arc::new(Semaphore::new(Self::concurrency())),
+            permits: Arc::new(Semaphore::new(running)),
+            admitted: Arc::new(Semaphore::new(running.saturating_add(queued))),
         })
     }
 
-    /// Hashes allowed to run at once: one per core. Argon2id is CPU-bound, so more at once
-    /// only adds memory, not throughput; waiting callers queue (each under its own deadline).
-    pub fn concurrency() -> usize {
-        std::thread::available_parallelism().map_or(2, |cores| cores.get())
+    /// Hashes allowed to run at once: `configured`, or one per core when 0. Argon2id is
+    /// CPU-bound, so more at once only adds memory, not throughput.
+    pub fn concurrency(configured: u32) -> usize {
+        match usize::try_from(configured) {
+            Ok(0) | Err(_) => std::thread::available_parallelism().map_or(2, |cores| cores.get()),
+            Ok(configured) => configured,
+        }
     }
 
-    async fn permit(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
-        self.permits
+    /// Waits for a running slot if the queue has room; refuses at once when it has none.
+    async fn permit(&self) -> ServiceResult<Turn> {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HasherBusy)?;
+        let running = self
+            .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(ServiceError::internal)
+            .map_err(ServiceError::internal)?;
+        Ok(Turn {
+            _admitted: admitted,
+            _running: running,
+        })
     }
 
     /// A PHC-format Argon2id hash of `secret` with a fresh random salt.
@@ -181,6 +228,7 @@ mod tests {
             memory_kib: 64,
             iterations: 1,
             parallelism: 1,
+            ..Argon2Config::default()
         })
         .unwrap()
     }
@@ -233,7 +281,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_hashes_are_capped_at_the_core_count() {
         let hasher = cheap();
-        let cap = PasswordHasher::concurrency();
+        let cap = PasswordHasher::concurrency(0);
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Occupy every permit, then check a further hash has to wait for one.
         let mut held = Vec::new();
@@ -258,5 +306,58 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(hash.starts_with("$argon2id$"));
+    }
+
+    /// Beyond the running slots and the queue, a hash is refused at once (not queued without
+    /// bound): `RESOURCE_EXHAUSTED` with a retry-after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once_with_retry_after() {
+        let hasher = PasswordHasher::new(Argon2Config {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 1,
+            max_queued: 1,
+        })
+        .unwrap();
+        let running = hasher.permit().await.unwrap();
+        let queued = {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.hash("queued".into()).await })
+        };
+        // Wait until the queued hash holds its admission, then one more is one too many.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hasher.admitted.available_permits() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the queued hash never got admitted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused =
+            tokio::time::timeout(Duration::from_secs(10), hasher.verify("third".into(), None))
+                .await
+                .expect("refused without waiting for a slot")
+                .unwrap_err();
+        let status = tonic::Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "1"
+        );
+        drop(running);
+        let hash = tokio::time::timeout(Duration::from_secs(10), queued)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        // Capacity is back.
+        hasher.verify("again".into(), None).await.unwrap();
     }
 }

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use storemesh_proto::auth::v1 as pb;
 use storemesh_runtime::auth::{Authorize, TokensConfig, caller};
 use storemesh_runtime::error::Violations;
+use storemesh_runtime::server::ClientAddr;
 use storemesh_runtime::time;
 use storemesh_runtime::{ServiceError, ServiceResult};
 use storemesh_tokens::{Claims, Identity, Role, scopes};
@@ -19,13 +20,14 @@ use crate::config::AuthConfig;
 use crate::keys::Keyring;
 use crate::passwords::{PasswordHasher, VerifiedSecrets};
 use crate::ratelimit::{self, hex};
-use crate::store::{Rotation, Store, UserRecord};
+use crate::store::{Ended, Rotation, SessionsEnd, Store, UserRecord};
 use crate::validate;
 
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 500;
 const INVALID_LOGIN: &str = "invalid email or password";
 const INVALID_CLIENT: &str = "invalid client credentials";
+const INVALID_PASSWORD: &str = "invalid password";
 
 pub struct AuthApi {
     pub(crate) store: Store,
@@ -81,25 +83,30 @@ fn check_refresh_token(token: &str) -> ServiceResult<()> {
     Ok(())
 }
 
-/// The caller's address: the TCP peer, or, behind a trusted gateway, the last `x-forwarded-for`
-/// hop — the one the gateway appended. Earlier entries come from the client and could be forged
-/// to dodge the per-address rate limits.
-fn client_address<T>(request: &Request<T>, trust_forwarded_for: bool) -> String {
-    if trust_forwarded_for
-        && let Some(forwarded) = request
-            .metadata()
-            .get("x-forwarded-for")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-    {
-        return forwarded.to_owned();
-    }
+/// The caller's address as the per-address limits count it: the [`ClientAddr`] the server
+/// layer resolved (the TCP peer, or the forwarded client when the peer is one of
+/// `server.trusted_proxies`; IPv6 by its /64), else the TCP peer. A client's own
+/// `x-forwarded-for` is never believed here, so it cannot pick its bucket.
+fn client_address<T>(request: &Request<T>) -> String {
     request
-        .remote_addr()
-        .map(|addr| addr.ip().to_string())
+        .extensions()
+        .get::<ClientAddr>()
+        .copied()
+        .or_else(|| request.remote_addr().map(|addr| ClientAddr(addr.ip())))
+        .map(|client| client.limit_key().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// A user's caller identity, or `PERMISSION_DENIED` for service accounts (they have no
+/// password and no sessions).
+fn user_caller<T>(request: &Request<T>) -> ServiceResult<Identity> {
+    let identity = caller(request)?;
+    if identity.is_service() {
+        return Err(ServiceError::PermissionDenied(
+            "requires a user account, not a service account".into(),
+        ));
+    }
+    Ok(identity.clone())
 }
 
 impl AuthApi {
@@ -118,15 +125,18 @@ impl AuthApi {
         .await
     }
 
-    /// Signs an access token; returns it with its expiry (seconds since the epoch).
+    /// Signs an access token; returns it with its expiry (seconds since the epoch). `iat` is
+    /// at least `not_before`: the user's sessions may have ended within this very second, and
+    /// verifiers refuse tokens issued before that time.
     fn sign(
         &self,
         subject: &str,
         role: Role,
         scope: String,
         ttl_secs: u64,
+        not_before: u64,
     ) -> ServiceResult<(String, u64)> {
-        let issued = time::since_epoch().as_secs();
+        let issued = time::since_epoch().as_secs().max(not_before);
         let expires = issued + ttl_secs;
         let claims = Claims {
             iss: self.tokens.issuer.clone(),
@@ -157,6 +167,7 @@ impl AuthApi {
             user.role,
             String::new(),
             self.config.access_token_ttl_secs,
+            user.not_before,
         )?;
         Ok(pb::TokenPair {
             access_token,
@@ -171,6 +182,61 @@ impl AuthApi {
         time::duration_ms(Duration::from_secs(self.config.refresh_token_ttl_secs))
     }
 
+    /// Starts a new session (refresh family) for `user` and signs its first pair. `None` when
+    /// the user's sessions were ended since `user` was read (the caller answers as for a
+    /// wrong password: what was verified is no longer current).
+    async fn new_session(&self, user: &UserRecord) -> ServiceResult<Option<pb::TokenPair>> {
+        let (refresh_token, refresh_hash) = new_refresh_token();
+        let now_ms = time::now_ms();
+        let session_end = now_ms.saturating_add(time::duration_ms(Duration::from_secs(
+            self.config.refresh_session_max_lifetime_secs,
+        )));
+        let refresh_expires = now_ms
+            .saturating_add(self.refresh_ttl_ms())
+            .min(session_end);
+        let family = ulid::Ulid::new().to_string();
+        if !self
+            .store
+            .start_family(
+                &family,
+                &user.id,
+                user.session_gen,
+                &refresh_hash,
+                refresh_expires,
+                session_end,
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        self.token_pair(user, refresh_token, refresh_expires)
+            .map(Some)
+    }
+
+    /// Ends every session of `user` (refresh families and access tokens issued until now),
+    /// together with `change`; returns the user's new generation and not-before time.
+    async fn end_sessions(&self, user: &str, change: SessionsEnd<'_>) -> ServiceResult<Ended> {
+        let now = time::since_epoch().as_secs();
+        // Strictly after every token issued so far (`iat` has whole seconds).
+        let not_before = now + 1;
+        // Verifiers need the mark only while a token issued before it could still be valid.
+        let keep = Duration::from_secs(
+            not_before - now + self.config.access_token_ttl_secs + self.tokens.leeway_secs + 1,
+        );
+        let ended = self
+            .store
+            .end_sessions(user, not_before, keep, change)
+            .await?;
+        if let Ended::Ended { .. } = ended {
+            tracing::info!(%user, "all sessions of the user ended");
+        }
+        Ok(ended)
+    }
+
+    /// The key an address is remembered under for an account (no address is stored in clear).
+    fn address_key(address: &str) -> String {
+        hex(&Sha256::digest(address.as_bytes())[..12])
+    }
     /// Creates the configured admin, or makes the existing account admin with the configured
     /// password. Idempotent across restarts.
     pub async fn bootstrap_admin(&self) -> ServiceResult<()> {
@@ -184,16 +250,35 @@ impl AuthApi {
         let password = self.config.admin_password.expose().clone();
         match self.store.user_by_email(&email).await? {
             Some(user) => {
-                if user.role != Role::Admin {
-                    self.store.set_role(&user.id, Role::Admin).await?;
-                }
+                let promote = user.role != Role::Admin;
                 let current = self
                     .hasher
                     .verify(password.clone(), Some(user.password_hash.clone()))
                     .await?;
-                if !current {
-                    let hash = self.hasher.hash(password).await?;
-                    self.store.set_password_hash(&user.id, &hash).await?;
+                let new_hash = if current {
+                    None
+                } else {
+                    Some(self.hasher.hash(password).await?)
+                };
+                // A promotion or a password reset ends the account's sessions, as SetRole and
+                // ChangePassword do: whoever held them may be who the reset is meant to stop.
+                if promote || new_hash.is_some() {
+                    let change = SessionsEnd {
+                        role: promote.then_some(Role::Admin),
+                        password: new_hash
+                            .as_deref()
+                            .map(|hash| (hash, user.password_hash.as_str())),
+                    };
+                    match self.end_sessions(&user.id, change).await? {
+                        Ended::Ended { .. } => {
+                            tracing::info!(user = %user.id, promote, reset = new_hash.is_some(), "admin account updated");
+                        }
+                        Ended::NoSuchUser | Ended::PasswordChanged => {
+                            return Err(ServiceError::Aborted(
+                                "the admin account changed during bootstrap; restart".into(),
+                            ));
+                        }
+                    }
                 }
             }
             None => {
@@ -204,6 +289,8 @@ impl AuthApi {
                     role: Role::Admin,
                     password_hash: self.hasher.hash(password).await?,
                     created_ms: time::now_ms(),
+                    session_gen: 0,
+                    not_before: 0,
                 };
                 self.store.create_user(&user).await?;
                 tracing::info!(user = %user.id, "admin account created");
@@ -259,7 +346,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let address = client_address(&request, self.config.trust_forwarded_for);
+        let address = client_address(&request);
         self.limit(
             "register-addr",
             &address,
@@ -305,6 +392,8 @@ impl pb::auth_service_server::AuthService for AuthApi {
             role,
             password_hash: self.hasher.hash(request.password).await?,
             created_ms: time::now_ms(),
+            session_gen: 0,
+            not_before: 0,
         };
         if !self.store.create_user(&user).await? {
             return Err(ServiceError::AlreadyExists("an account with this email".into()).into());
@@ -319,7 +408,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let address = client_address(&request, self.config.trust_forwarded_for);
+        let address = client_address(&request);
         let request = request.into_inner();
         let email = validate::normalize_email(&request.email);
         let mut violations = Violations::new();
@@ -334,20 +423,38 @@ impl pb::auth_service_server::AuthService for AuthApi {
             violations.add("password", "must be at most 128 characters");
         }
         violations.into_result()?;
-        self.limit(
-            "login-addr",
-            &address,
-            self.config.rate_limit.login_per_address,
-        )
-        .await?;
-        self.limit(
-            "login-email",
-            &email,
-            self.config.rate_limit.login_per_account,
-        )
-        .await?;
+        let limits = self.config.rate_limit;
+        self.limit("login-addr", &address, limits.login_per_address)
+            .await?;
 
+        // The per-account limit must not become a way to lock the owner out: attempts from
+        // an address that logged in to this account before count only per (account,
+        // address); the account-wide bucket counts addresses that never succeeded. An
+        // attacker guessing from elsewhere exhausts that bucket and their own pair, never the
+        // owner's pair. (Counted before the check, so concurrent guesses cannot overshoot.)
         let user = self.store.user_by_email(&email).await?;
+        let address_key = Self::address_key(&address);
+        let now_ms = time::now_ms();
+        let known_ttl_ms = time::duration_ms(Duration::from_secs(limits.known_address_ttl_secs));
+        let known = match &user {
+            Some(user) => {
+                self.store
+                    .is_known_address(&user.id, &address_key, now_ms, known_ttl_ms)
+                    .await?
+            }
+            None => false,
+        };
+        self.limit(
+            "login-email-addr",
+            &format!("{email}\n{address}"),
+            limits.login_per_account_address,
+        )
+        .await?;
+        if !known {
+            self.limit("login-email", &email, limits.login_per_account)
+                .await?;
+        }
+
         let verified = self
             .hasher
             .verify(
@@ -356,23 +463,23 @@ impl pb::auth_service_server::AuthService for AuthApi {
             )
             .await?;
         let Some(user) = user.filter(|_| verified) else {
+            tracing::info!(known_address = known, "login failed");
             return Err(ServiceError::Unauthenticated(INVALID_LOGIN.into()).into());
         };
-
-        let (refresh_token, refresh_hash) = new_refresh_token();
-        let refresh_expires = time::now_ms() + self.refresh_ttl_ms();
-        let family = ulid::Ulid::new().to_string();
+        let Some(tokens) = self.new_session(&user).await? else {
+            // The password (or role) changed while this one was being checked.
+            return Err(ServiceError::Unauthenticated(INVALID_LOGIN.into()).into());
+        };
         self.store
-            .start_family(
-                &family,
+            .remember_address(
                 &user.id,
-                &refresh_hash,
-                refresh_expires,
-                self.refresh_ttl_ms(),
+                &address_key,
+                now_ms,
+                limits.known_addresses_per_account,
+                known_ttl_ms,
             )
             .await?;
-        let tokens = self.token_pair(&user, refresh_token, refresh_expires)?;
-        tracing::info!(user = %user.id, "logged in");
+        tracing::info!(user = %user.id, known_address = known, "logged in");
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(tokens),
             user: Some(user_to_proto(&user)),
@@ -383,7 +490,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let address = client_address(&request, self.config.trust_forwarded_for);
+        let address = client_address(&request);
         let request = request.into_inner();
         check_refresh_token(&request.refresh_token)?;
         self.limit(
@@ -396,6 +503,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         let (new_token, new_hash) = new_refresh_token();
         let now_ms = time::now_ms();
         let new_expires = now_ms + self.refresh_ttl_ms();
+        let grace_ms = i64::try_from(self.config.refresh_reuse_grace_ms).unwrap_or(i64::MAX);
         let outcome = self
             .store
             .rotate(
@@ -404,10 +512,11 @@ impl pb::auth_service_server::AuthService for AuthApi {
                 now_ms,
                 new_expires,
                 self.refresh_ttl_ms(),
+                grace_ms,
             )
             .await?;
-        let user_id = match outcome {
-            Rotation::Rotated { user } => user,
+        let (user_id, new_expires) = match outcome {
+            Rotation::Rotated { user, expires_ms } => (user, expires_ms),
             Rotation::Reused { user } => {
                 tracing::warn!(%user, "refresh token reuse detected; token family revoked");
                 return Err(ServiceError::Unauthenticated(
@@ -512,7 +621,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
-        let address = client_address(&request, self.config.trust_forwarded_for);
+        let address = client_address(&request);
         let request = request.into_inner();
         let mut violations = Violations::new();
         if let Some(problem) = validate::client_id_problem(&request.client_id) {
@@ -591,6 +700,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
             Role::Service,
             scopes.join(" "),
             self.config.service_token_ttl_secs,
+            0,
         )?;
         tracing::info!(client_id = %request.client_id, "service token issued");
         Ok(Response::new(pb::IssueServiceTokenResponse {
@@ -598,6 +708,98 @@ impl pb::auth_service_server::AuthService for AuthApi {
             expire_time: Some(time::timestamp_from_secs(expires)),
             scopes,
         }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let identity = user_caller(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        if request.old_password.is_empty() {
+            violations.add("old_password", "must not be empty");
+        } else if request.old_password.chars().count() > validate::MAX_PASSWORD_CHARS {
+            violations.add("old_password", "must be at most 128 characters");
+        }
+        if let Err(problem) = validate::password_problem(&request.new_password) {
+            violations.add("new_password", problem);
+        } else if request.new_password == request.old_password {
+            violations.add("new_password", "must differ from old_password");
+        }
+        violations.into_result()?;
+        // A stolen access token must not buy unlimited guesses at the password.
+        self.limit(
+            "change-password",
+            &identity.subject,
+            self.config.rate_limit.login_per_account,
+        )
+        .await?;
+        let Some(user) = self.store.user(&identity.subject).await? else {
+            return Err(ServiceError::Unauthenticated("account no longer exists".into()).into());
+        };
+        if !self
+            .hasher
+            .verify(request.old_password, Some(user.password_hash.clone()))
+            .await?
+        {
+            tracing::info!(user = %user.id, "password change refused: wrong old password");
+            return Err(ServiceError::Unauthenticated(INVALID_PASSWORD.into()).into());
+        }
+        let new_hash = self.hasher.hash(request.new_password).await?;
+        let change = SessionsEnd {
+            role: None,
+            password: Some((new_hash.as_str(), user.password_hash.as_str())),
+        };
+        let (session_gen, not_before) = match self.end_sessions(&user.id, change).await? {
+            Ended::Ended {
+                session_gen,
+                not_before,
+            } => (session_gen, not_before),
+            Ended::NoSuchUser => {
+                return Err(
+                    ServiceError::Unauthenticated("account no longer exists".into()).into(),
+                );
+            }
+            Ended::PasswordChanged => {
+                return Err(ServiceError::Aborted(
+                    "the password was changed concurrently; sign in again".into(),
+                )
+                .into());
+            }
+        };
+        let user = UserRecord {
+            password_hash: new_hash,
+            session_gen,
+            not_before,
+            ..user
+        };
+        let Some(tokens) = self.new_session(&user).await? else {
+            return Err(ServiceError::Aborted(
+                "the account's sessions were ended concurrently; sign in again".into(),
+            )
+            .into());
+        };
+        tracing::info!(user = %user.id, "password changed");
+        Ok(Response::new(pb::ChangePasswordResponse {
+            tokens: Some(tokens),
+        }))
+    }
+
+    async fn logout_all(
+        &self,
+        request: Request<pb::LogoutAllRequest>,
+    ) -> Result<Response<pb::LogoutAllResponse>, Status> {
+        let identity = user_caller(&request)?;
+        match self
+            .end_sessions(&identity.subject, SessionsEnd::default())
+            .await?
+        {
+            Ended::Ended { .. } => {}
+            // A token of a deleted account: nothing left to end.
+            Ended::NoSuchUser | Ended::PasswordChanged => {}
+        }
+        Ok(Response::new(pb::LogoutAllResponse {}))
     }
 
     async fn set_role(
@@ -627,7 +829,13 @@ impl pb::auth_service_server::AuthService for AuthApi {
             )
             .into());
         }
-        if !self.store.set_role(&request.user_id, role).await? {
+        // A role change ends the user's sessions: a demoted admin's tokens must not keep the
+        // old role until they expire, and the next Login carries the new one.
+        let change = SessionsEnd {
+            role: Some(role),
+            password: None,
+        };
+        if let Ended::NoSuchUser = self.end_sessions(&request.user_id, change).await? {
             return Err(ServiceError::NotFound(format!("user {}", request.user_id)).into());
         }
         let Some(user) = self.store.user(&request.user_id).await? else {
@@ -672,16 +880,24 @@ impl pb::auth_service_server::AuthService for AuthApi {
 
 #[cfg(test)]
 mod client_address_tests {
-    use super::client_address;
+    use super::{ClientAddr, client_address};
 
     #[test]
-    fn trusted_forwarded_for_uses_the_hop_the_gateway_appended() {
+    fn the_server_layers_client_address_is_used_and_x_forwarded_for_never() {
         let mut request = tonic::Request::new(());
         request
             .metadata_mut()
             .insert("x-forwarded-for", "6.6.6.6, 10.0.0.5".parse().unwrap());
-        assert_eq!(client_address(&request, true), "10.0.0.5");
-        // Untrusted: the header is ignored (no TCP peer in a unit test).
-        assert_eq!(client_address(&request, false), "unknown");
+        // No ClientAddr and no TCP peer (a unit test): the header is still not believed.
+        assert_eq!(client_address(&request), "unknown");
+        request
+            .extensions_mut()
+            .insert(ClientAddr("203.0.113.7".parse().unwrap()));
+        assert_eq!(client_address(&request), "203.0.113.7");
+        // IPv6 clients count by their /64.
+        request
+            .extensions_mut()
+            .insert(ClientAddr("2001:db8:1:2:3:4:5:6".parse().unwrap()));
+        assert_eq!(client_address(&request), "2001:db8:1:2::");
     }
 }

@@ -17,6 +17,7 @@ pub fn cheap_argon2() -> Argon2Config {
         memory_kib: 256,
         iterations: 1,
         parallelism: 1,
+        ..Argon2Config::default()
     }
 }
 

@@ -220,7 +220,8 @@ async fn register_login_refresh_logout_round_trip() {
 
 #[tokio::test]
 async fn reusing_a_refresh_token_revokes_the_whole_family() {
-    let harness = Harness::start().await;
+    // No grace window: the replay below comes at once (the window is tested separately).
+    let harness = Harness::start_with(|settings| settings.auth.refresh_reuse_grace_ms = 0).await;
     let mut client = harness.client().await;
     register(&mut client, "victim@example.com", pb::Role::Customer).await;
     let stolen = login(&mut client, "victim@example.com", "a good long password").await;
@@ -356,6 +357,9 @@ async fn rate_limits_trip_with_retry_after_and_recover() {
         settings.auth.rate_limit = RateLimitConfig {
             window_secs: 1,
             login_per_account: 3,
+            // The first success makes this address known to the account; then this bucket
+            // is the one that counts it.
+            login_per_account_address: 3,
             ..RateLimitConfig::default()
         };
     })
@@ -885,4 +889,496 @@ async fn cached_tokens_see_a_logout_within_the_recheck_interval() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert!(refused.to_string().contains("revoked"));
+}
+
+// ---- Issue 20: sessions end when they should; login cannot be stalled or used to lock out ----
+
+/// Another service's authenticator (fetching auth's keys over gRPC, checking revocation in the
+/// same Redis on every call), as every service in the mesh verifies tokens.
+async fn verifier(harness: &Harness) -> Authenticator {
+    let config = TokensConfig {
+        auth_endpoint: harness.host.endpoint(),
+        revocation_check_interval_ms: 0,
+        ..TokensConfig::default()
+    };
+    let redis = storemesh_runtime::redis::connect(&RedisConfig {
+        url: harness.redis.url(),
+        ..RedisConfig::default()
+    })
+    .await
+    .unwrap();
+    Authenticator::from_config(&config, Some(redis)).unwrap()
+}
+
+async fn refresh(
+    client: &mut AuthServiceClient<Channel>,
+    refresh_token: &str,
+) -> Result<pb::TokenPair, tonic::Status> {
+    client
+        .refresh(pb::RefreshRequest {
+            refresh_token: refresh_token.into(),
+        })
+        .await
+        .map(|response| response.into_inner().tokens.unwrap())
+}
+
+/// The access token is refused by auth itself and by another service's verifier, and the
+/// refresh token no longer refreshes: the session is over everywhere.
+async fn assert_session_ended(
+    client: &mut AuthServiceClient<Channel>,
+    other_service: &Authenticator,
+    session: &pb::TokenPair,
+) {
+    let at_auth = who_am_i(client, &session.access_token).await.unwrap_err();
+    assert_eq!(at_auth.code(), Code::Unauthenticated, "{at_auth:?}");
+    assert!(
+        at_auth.message().contains("revoked"),
+        "{}",
+        at_auth.message()
+    );
+    let elsewhere = other_service
+        .authenticate(&session.access_token)
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::Unauthenticated);
+    let refreshed = refresh(client, &session.refresh_token).await.unwrap_err();
+    assert_eq!(refreshed.code(), Code::Unauthenticated, "{refreshed:?}");
+}
+
+#[tokio::test]
+async fn set_role_ends_the_users_sessions_and_access_tokens() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let other_service = verifier(&harness).await;
+    let admin = login(&mut client, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let user = register(&mut client, "demoted@example.com", pb::Role::Seller).await;
+    let session = login(&mut client, "demoted@example.com", "a good long password").await;
+    other_service
+        .authenticate(&session.access_token)
+        .await
+        .expect("valid before the role change");
+
+    client
+        .set_role(bearer(
+            pb::SetRoleRequest {
+                user_id: user.id.clone(),
+                role: pb::Role::Customer.into(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap();
+    assert_session_ended(&mut client, &other_service, &session).await;
+
+    // The next login works at once (same second) and carries the new role.
+    let again = login(&mut client, "demoted@example.com", "a good long password").await;
+    let me = who_am_i(&mut client, &again.access_token).await.unwrap();
+    assert_eq!(me.role(), pb::Role::Customer);
+    other_service
+        .authenticate(&again.access_token)
+        .await
+        .expect("a token issued after the change verifies everywhere");
+    // The admin's own session is untouched.
+    who_am_i(&mut client, &admin.access_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_bootstrap_that_promotes_or_resets_ends_the_accounts_sessions() {
+    let mut harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let other_service = verifier(&harness).await;
+    register(&mut client, "promoted@example.com", pb::Role::Seller).await;
+    let promoted = login(&mut client, "promoted@example.com", "a good long password").await;
+    let admin = login(&mut client, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    // The other service has the keys before auth restarts (it fetched them from this host).
+    for session in [&promoted, &admin] {
+        other_service
+            .authenticate(&session.access_token)
+            .await
+            .unwrap();
+    }
+
+    // Restart with the seller as the configured admin: promoted, sessions ended.
+    let restart = |email: &str, password: &str| {
+        let mut settings = settings(&harness.redis, harness.keys.path());
+        settings.auth.admin_email = email.into();
+        settings.auth.admin_password = password.into();
+        settings
+    };
+    let promote = restart("promoted@example.com", "a good long password");
+    let reset = restart(ADMIN_EMAIL, "a brand new admin password");
+    let old = std::mem::replace(
+        &mut harness.host,
+        RunningHost::spawn(storemesh_auth::build(promote).await.unwrap()).unwrap(),
+    );
+    old.stop().await;
+    let mut client = harness.client().await;
+    assert_session_ended(&mut client, &other_service, &promoted).await;
+    // The original admin was neither promoted nor reset: still signed in.
+    who_am_i(&mut client, &admin.access_token).await.unwrap();
+    let as_admin = login(&mut client, "promoted@example.com", "a good long password").await;
+    assert_eq!(
+        who_am_i(&mut client, &as_admin.access_token)
+            .await
+            .unwrap()
+            .role(),
+        pb::Role::Admin
+    );
+
+    // Restart resetting the original admin's password: its sessions end too.
+    let old = std::mem::replace(
+        &mut harness.host,
+        RunningHost::spawn(storemesh_auth::build(reset).await.unwrap()).unwrap(),
+    );
+    old.stop().await;
+    let mut client = harness.client().await;
+    assert_session_ended(&mut client, &other_service, &admin).await;
+    login(&mut client, ADMIN_EMAIL, "a brand new admin password").await;
+    // A restart that changes nothing ends nothing.
+    who_am_i(&mut client, &as_admin.access_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn change_password_ends_other_sessions_and_returns_fresh_tokens() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let other_service = verifier(&harness).await;
+    register(&mut client, "changer@example.com", pb::Role::Seller).await;
+    let here = login(&mut client, "changer@example.com", "a good long password").await;
+    let elsewhere = login(&mut client, "changer@example.com", "a good long password").await;
+    let change = |token: &str, old: &str, new: &str| {
+        bearer(
+            pb::ChangePasswordRequest {
+                old_password: old.into(),
+                new_password: new.into(),
+            },
+            token,
+        )
+    };
+
+    let wrong = client
+        .change_password(change(
+            &here.access_token,
+            "not my password",
+            "another long password",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert_eq!(wrong.message(), "invalid password");
+    let weak = client
+        .change_password(change(&here.access_token, "a good long password", "short"))
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&weak), ["new_password"]);
+    let anonymous = client
+        .change_password(pb::ChangePasswordRequest {
+            old_password: "a good long password".into(),
+            new_password: "another long password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let service = client
+        .issue_service_token(pb::IssueServiceTokenRequest {
+            client_id: "thumbnail".into(),
+            client_secret: THUMBNAIL_SECRET.into(),
+            requested_scopes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = client
+        .change_password(change(
+            &service.access_token,
+            "a good long password",
+            "another long password",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    who_am_i(&mut client, &here.access_token)
+        .await
+        .expect("refused attempts end nothing");
+
+    let fresh = client
+        .change_password(change(
+            &here.access_token,
+            "a good long password",
+            "another long password",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    assert_session_ended(&mut client, &other_service, &elsewhere).await;
+    assert_session_ended(&mut client, &other_service, &here).await;
+    // The caller carries on with the fresh pair, verified everywhere, refreshable.
+    who_am_i(&mut client, &fresh.access_token).await.unwrap();
+    other_service
+        .authenticate(&fresh.access_token)
+        .await
+        .unwrap();
+    refresh(&mut client, &fresh.refresh_token).await.unwrap();
+
+    let old_password = client
+        .login(pb::LoginRequest {
+            email: "changer@example.com".into(),
+            password: "a good long password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(old_password.code(), Code::Unauthenticated);
+    login(&mut client, "changer@example.com", "another long password").await;
+}
+
+#[tokio::test]
+async fn logout_all_ends_every_session_of_the_caller_only() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let other_service = verifier(&harness).await;
+    register(&mut client, "everywhere@example.com", pb::Role::Customer).await;
+    register(&mut client, "bystander@example.com", pb::Role::Customer).await;
+    let laptop = login(
+        &mut client,
+        "everywhere@example.com",
+        "a good long password",
+    )
+    .await;
+    let phone = login(
+        &mut client,
+        "everywhere@example.com",
+        "a good long password",
+    )
+    .await;
+    let phone = refresh(&mut client, &phone.refresh_token).await.unwrap();
+    let bystander = login(&mut client, "bystander@example.com", "a good long password").await;
+
+    client
+        .logout_all(bearer(pb::LogoutAllRequest {}, &laptop.access_token))
+        .await
+        .unwrap();
+    assert_session_ended(&mut client, &other_service, &laptop).await;
+    assert_session_ended(&mut client, &other_service, &phone).await;
+    who_am_i(&mut client, &bystander.access_token)
+        .await
+        .unwrap();
+    refresh(&mut client, &bystander.refresh_token)
+        .await
+        .unwrap();
+    let anonymous = client
+        .logout_all(pb::LogoutAllRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    // Signing in again starts a working session at once.
+    let again = login(
+        &mut client,
+        "everywhere@example.com",
+        "a good long password",
+    )
+    .await;
+    other_service
+        .authenticate(&again.access_token)
+        .await
+        .unwrap();
+    refresh(&mut client, &again.refresh_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_absolute_lifetime_however_often_it_is_refreshed() {
+    let harness = Harness::start_with(|settings| {
+        settings.auth.refresh_session_max_lifetime_secs = 2;
+    })
+    .await;
+    let mut client = harness.client().await;
+    register(&mut client, "longlived@example.com", pb::Role::Customer).await;
+    let started = now_secs();
+    let mut session = login(&mut client, "longlived@example.com", "a good long password").await;
+    let deadline = session.refresh_token_expire_time.unwrap().seconds;
+    assert!(
+        u64::try_from(deadline).unwrap() <= started + 3,
+        "the refresh token never outlives the session: {deadline} vs {started}"
+    );
+    // Refreshed well within the (30-day) idle lifetime, again and again...
+    let mut refreshed = 0;
+    let ended = loop {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        match refresh(&mut client, &session.refresh_token).await {
+            Ok(next) => {
+                assert!(next.refresh_token_expire_time.unwrap().seconds <= deadline);
+                session = next;
+                refreshed += 1;
+                assert!(refreshed < 20, "the session never ended");
+            }
+            Err(status) => break status,
+        }
+    };
+    // ...until the session's absolute end.
+    assert_eq!(ended.code(), Code::Unauthenticated);
+    assert!(now_secs() >= started + 2, "ended early");
+    assert!(refreshed >= 2, "refreshes worked meanwhile ({refreshed})");
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_within_the_grace_window_keep_the_family_later_reuse_revokes_it() {
+    let harness = Harness::start_with(|settings| {
+        settings.auth.refresh_reuse_grace_ms = 1_500;
+    })
+    .await;
+    let mut client = harness.client().await;
+    register(&mut client, "twotabs@example.com", pb::Role::Customer).await;
+    let session = login(&mut client, "twotabs@example.com", "a good long password").await;
+
+    // Two tabs (or a retry after a lost answer) refresh the same token at once: both succeed.
+    let (mut tab1, mut tab2) = (client.clone(), client.clone());
+    let (first, second) = tokio::join!(
+        refresh(&mut tab1, &session.refresh_token),
+        refresh(&mut tab2, &session.refresh_token),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_ne!(first.refresh_token, second.refresh_token);
+    // Both branches stay usable: the family was not revoked.
+    let first = refresh(&mut client, &first.refresh_token).await.unwrap();
+    refresh(&mut client, &second.refresh_token).await.unwrap();
+    who_am_i(&mut client, &first.access_token).await.unwrap();
+
+    // A replay after the window is theft: the family dies.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let replay = refresh(&mut client, &session.refresh_token)
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    assert!(
+        replay.message().contains("already used"),
+        "{}",
+        replay.message()
+    );
+    let after = refresh(&mut client, &first.refresh_token)
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated, "whole family revoked");
+}
+
+/// A client of the auth host whose connection comes from `local` (any 127/8 address reaches
+/// the loopback listener): distinct client addresses with real sockets.
+async fn client_from(harness: &Harness, local: &str) -> AuthServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(harness.host.endpoint())
+        .unwrap()
+        .local_address(Some(local.parse().unwrap()))
+        .connect()
+        .await
+        .unwrap();
+    AuthServiceClient::new(channel)
+}
+
+#[tokio::test]
+async fn failed_logins_from_elsewhere_do_not_lock_the_owner_out_of_an_address_they_used() {
+    let harness = Harness::start_with(|settings| {
+        settings.auth.rate_limit = RateLimitConfig {
+            window_secs: 600,
+            login_per_account: 5,
+            login_per_account_address: 5,
+            ..RateLimitConfig::default()
+        };
+    })
+    .await;
+    let mut owner = client_from(&harness, "127.0.0.2").await;
+    register(&mut owner, "victim@example.com", pb::Role::Seller).await;
+    login(&mut owner, "victim@example.com", "a good long password").await;
+
+    // An attacker guesses from another address until refused.
+    let mut attacker = client_from(&harness, "127.0.0.3").await;
+    let guess = |mut client: AuthServiceClient<Channel>| async move {
+        client
+            .login(pb::LoginRequest {
+                email: "victim@example.com".into(),
+                password: "guess guess guess".into(),
+            })
+            .await
+            .unwrap_err()
+    };
+    let mut refused = None;
+    for _ in 0..20 {
+        let status = guess(attacker.clone()).await;
+        if status.code() == Code::ResourceExhausted {
+            refused = Some(status);
+            break;
+        }
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let refused = refused.expect("the attacker is rate limited");
+    assert!(refused.metadata().get("retry-after").is_some());
+    // A third, never-seen address shares the account's bucket for strangers: refused too.
+    let stranger = client_from(&harness, "127.0.0.4").await;
+    assert_eq!(guess(stranger).await.code(), Code::ResourceExhausted);
+
+    // The owner, from the address they logged in from before, still gets in.
+    let tokens = login(&mut owner, "victim@example.com", "a good long password").await;
+    who_am_i(&mut owner, &tokens.access_token).await.unwrap();
+    // Guessing from the owner's address is bounded too (its own pair bucket).
+    let mut last = Code::Ok;
+    for _ in 0..10 {
+        last = guess(owner.clone()).await.code();
+        if last == Code::ResourceExhausted {
+            break;
+        }
+    }
+    assert_eq!(last, Code::ResourceExhausted);
+    // The attacker is still refused, whatever the owner did.
+    assert_eq!(
+        guess(attacker.clone()).await.code(),
+        Code::ResourceExhausted
+    );
+    let _ = &mut attacker;
+}
+
+#[tokio::test]
+async fn a_full_password_hashing_queue_is_answered_resource_exhausted_with_retry_after() {
+    let harness = Harness::start_with(|settings| {
+        // One hash at a time, one waiting; each hash costly enough that a burst overlaps.
+        settings.auth.argon2 = storemesh_auth::config::Argon2Config {
+            memory_kib: 16 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent: 1,
+            max_queued: 1,
+        };
+    })
+    .await;
+    let client = harness.client().await;
+    let attempts = (0..16).map(|index| {
+        let mut client = client.clone();
+        async move {
+            client
+                .login(pb::LoginRequest {
+                    email: format!("nobody{index}@example.com"),
+                    password: "whatever whatever".into(),
+                })
+                .await
+                .unwrap_err()
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let busy: Vec<_> = statuses
+        .iter()
+        .filter(|status| status.code() == Code::ResourceExhausted)
+        .collect();
+    assert!(
+        !busy.is_empty(),
+        "a burst beyond the queue is refused: {statuses:?}"
+    );
+    for status in &busy {
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+    }
+    // The ones admitted were checked (and failed) normally.
+    assert!(
+        statuses
+            .iter()
+            .any(|status| status.code() == Code::Unauthenticated)
+    );
+    // Capacity comes back: a real login succeeds after the burst.
+    let mut client = harness.client().await;
+    login(&mut client, ADMIN_EMAIL, ADMIN_PASSWORD).await;
 }

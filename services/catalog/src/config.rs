@@ -15,6 +15,13 @@ use storemesh_runtime::{Secret, ServerConfig};
 /// is at most ~40 KB), so the larger limit costs nothing for well-behaved callers.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default of `catalog.max_products_per_seller`.
+pub const DEFAULT_MAX_PRODUCTS_PER_SELLER: usize = 10_000;
+
+/// Default of `catalog.max_watch_streams_per_identity`: a console has a few tabs open, each
+/// watching one product.
+pub const DEFAULT_MAX_WATCH_STREAMS_PER_IDENTITY: usize = 16;
+
 /// The local edge runtime, where the `images` function serves `/img/...` in development.
 pub const DEFAULT_PUBLIC_IMAGE_BASE_URL: &str = "http://127.0.0.1:3000";
 
@@ -40,6 +47,14 @@ pub struct CatalogConfig {
     /// Changes buffered per `WatchProduct` stream; a watcher further behind than this is ended
     /// with `ABORTED` so it cannot hold back the others.
     pub watch_buffer: usize,
+    /// `WatchProduct` streams one identity (token subject) may hold open at once on one
+    /// catalog process; one more is `RESOURCE_EXHAUSTED`. Each stream holds a buffer of
+    /// `watch_buffer` changes, so this bounds what one caller can pin in memory.
+    pub max_watch_streams_per_identity: usize,
+    /// Products one seller may own; `CreateProduct` beyond it is `RESOURCE_EXHAUSTED`. Checked
+    /// atomically with the create, so concurrent creates cannot overshoot it, and deleting a
+    /// product frees its place.
+    pub max_products_per_seller: usize,
     pub cleanup: CleanupConfig,
     /// Where the `images` edge function is reachable from clients, e.g.
     /// `https://img.example.com`: image URLs in responses are this plus `/img/...`. Empty:
@@ -63,6 +78,8 @@ impl Default for CatalogConfig {
             service_client_id: String::new(),
             service_client_secret: Secret::default(),
             watch_buffer: 256,
+            max_watch_streams_per_identity: DEFAULT_MAX_WATCH_STREAMS_PER_IDENTITY,
+            max_products_per_seller: DEFAULT_MAX_PRODUCTS_PER_SELLER,
             cleanup: CleanupConfig::default(),
             public_image_base_url: DEFAULT_PUBLIC_IMAGE_BASE_URL.into(),
             image_url_signing_keys: Vec::new(),
@@ -193,6 +210,18 @@ impl Validate for CatalogConfig {
         if !(1..=65_536).contains(&self.watch_buffer) {
             return Err(invalid("watch_buffer", "must be between 1 and 65536"));
         }
+        if !(1..=10_000).contains(&self.max_watch_streams_per_identity) {
+            return Err(invalid(
+                "max_watch_streams_per_identity",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=100_000_000).contains(&self.max_products_per_seller) {
+            return Err(invalid(
+                "max_products_per_seller",
+                "must be between 1 and 100000000",
+            ));
+        }
         let cleanup = self.cleanup;
         if let Err(error) = cleanup.backoff() {
             return Err(match error {
@@ -287,6 +316,14 @@ mod tests {
                 "catalog.service_client_secret",
             ),
             ("[catalog]\nwatch_buffer = 0\n", "catalog.watch_buffer"),
+            (
+                "[catalog]\nmax_watch_streams_per_identity = 0\n",
+                "catalog.max_watch_streams_per_identity",
+            ),
+            (
+                "[catalog]\nmax_products_per_seller = 0\n",
+                "catalog.max_products_per_seller",
+            ),
             (
                 "[catalog.cleanup]\ninitial_backoff_ms = 10\nmax_backoff_ms = 5\n",
                 "catalog.cleanup.max_backoff_ms",

@@ -90,6 +90,12 @@ impl CatalogHandle {
         self.hub.active()
     }
 
+    /// `WatchProduct` streams `identity` (a token subject) holds open on this process, as
+    /// counted against `catalog.max_watch_streams_per_identity`.
+    pub fn watchers_of(&self, identity: &str) -> usize {
+        self.hub.active_for(identity)
+    }
+
     /// The clean-up worker's counters; `None` when it is not running (no credentials).
     pub fn cleanup_stats(&self) -> Option<Arc<cleanup::CleanupStats>> {
         self.cleanup.clone()
@@ -200,6 +206,8 @@ pub async fn build_with_handle(
         hub: hub.clone(),
         required_variants: Arc::new(config::required_variant_names(&catalog.variant_sizes)),
         watch_buffer: catalog.watch_buffer,
+        max_watch_streams_per_identity: catalog.max_watch_streams_per_identity,
+        max_products_per_seller: catalog.max_products_per_seller,
         urls: urls::ImageUrls::new(&catalog.public_image_base_url),
         signing_keys,
         _background: guard,

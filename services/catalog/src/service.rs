@@ -47,6 +47,10 @@ pub struct CatalogApi {
     /// Variant names an image needs to be `READY`.
     pub(crate) required_variants: Arc<Vec<String>>,
     pub(crate) watch_buffer: usize,
+    /// `WatchProduct` streams one identity may hold open on this process.
+    pub(crate) max_watch_streams_per_identity: usize,
+    /// `CreateProduct` refuses a seller who owns this many products.
+    pub(crate) max_products_per_seller: usize,
     /// Adds URLs to every image on its way out.
     pub(crate) urls: ImageUrls,
     /// `SignImageUrl`'s keys; `None` when none are configured.

@@ -20,6 +20,12 @@
 //! When the pub/sub connection breaks, every stream ends with `UNAVAILABLE` and the hub
 //! reconnects with backoff. A stream whose client went away is dropped by tonic, which
 //! unregisters it.
+//!
+//! Each identity (token subject) may hold at most `max_per_identity` subscriptions on one
+//! process: each one pins a buffer, so one caller opening streams without end would otherwise
+//! exhaust memory. The count is per process, not Redis-wide: it lives with the buffers it
+//! protects, and is released exactly when a subscription is dropped (the stream ended, or the
+//! client went away), without a Redis round trip or a lease that a crash could leak.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +79,9 @@ struct Watcher {
 struct Registry {
     connected: bool,
     watchers: HashMap<String, Vec<Watcher>>,
+    /// Live subscriptions per identity (entries removed at zero, so the map stays bounded by
+    /// the identities watching right now).
+    per_identity: HashMap<String, usize>,
 }
 
 pub struct Hub {
@@ -114,11 +123,23 @@ impl Hub {
             .is_ok_and(|result| result.is_ok())
     }
 
-    /// Registers a watcher of `product_id` with room for `buffer` undelivered changes.
+    /// Live subscriptions of `identity`.
+    pub fn active_for(&self, identity: &str) -> usize {
+        self.registry()
+            .per_identity
+            .get(identity)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Registers a watcher of `product_id` for `identity` with room for `buffer` undelivered
+    /// changes; `RESOURCE_EXHAUSTED` when `identity` already holds `max_per_identity`.
     pub fn subscribe(
         self: &Arc<Self>,
         product_id: &str,
         buffer: usize,
+        identity: &str,
+        max_per_identity: usize,
     ) -> ServiceResult<Subscription> {
         let (sender, receiver) = mpsc::channel(buffer.max(1));
         let ended = Arc::new(OnceLock::new());
@@ -130,6 +151,19 @@ impl Hub {
                     "the change feed is unavailable; retry with backoff".into(),
                 ));
             }
+            let held = registry.per_identity.get(identity).copied().unwrap_or(0);
+            if held >= max_per_identity {
+                return Err(ServiceError::ResourceExhausted {
+                    message: format!(
+                        "this caller already has {held} WatchProduct streams open, the most allowed (catalog.max_watch_streams_per_identity); close one first"
+                    ),
+                    retry_after: None,
+                });
+            }
+            *registry
+                .per_identity
+                .entry(identity.to_owned())
+                .or_default() += 1;
             registry
                 .watchers
                 .entry(product_id.to_owned())
@@ -144,14 +178,21 @@ impl Hub {
         Ok(Subscription {
             hub: self.clone(),
             product_id: product_id.to_owned(),
+            identity: identity.to_owned(),
             id,
             receiver,
             ended,
         })
     }
 
-    fn unregister(&self, product_id: &str, id: u64) {
+    fn unregister(&self, product_id: &str, id: u64, identity: &str) {
         let mut registry = self.registry();
+        if let Some(held) = registry.per_identity.get_mut(identity) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                registry.per_identity.remove(identity);
+            }
+        }
         if let Some(list) = registry.watchers.get_mut(product_id) {
             list.retain(|watcher| watcher.id != id);
             if list.is_empty() {
@@ -286,6 +327,8 @@ impl Hub {
 pub struct Subscription {
     hub: Arc<Hub>,
     product_id: String,
+    /// Whose subscription this is: released from its per-identity count on drop.
+    identity: String,
     id: u64,
     receiver: mpsc::Receiver<Delivery>,
     ended: Arc<OnceLock<EndReason>>,
@@ -303,7 +346,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unregister(&self.product_id, self.id);
+        self.hub
+            .unregister(&self.product_id, self.id, &self.identity);
         metrics::gauge!("catalog_watch_streams").decrement(1.0);
     }
 }
@@ -322,11 +366,11 @@ mod tests {
     #[tokio::test]
     async fn a_full_watcher_is_dropped_without_blocking_the_others() {
         let hub = Hub::new();
-        assert!(hub.subscribe("p", 4).is_err(), "not connected yet");
+        assert!(hub.subscribe("p", 4, "u", 16).is_err(), "not connected yet");
         hub.set_connected(true, EndReason::FeedLost);
-        let mut slow = hub.subscribe("p", 2).unwrap();
-        let mut fast = hub.subscribe("p", 100).unwrap();
-        let mut other = hub.subscribe("q", 1).unwrap();
+        let mut slow = hub.subscribe("p", 2, "u", 16).unwrap();
+        let mut fast = hub.subscribe("p", 100, "u", 16).unwrap();
+        let mut other = hub.subscribe("q", 1, "u", 16).unwrap();
         for change in 1..=10 {
             hub.dispatch("p", &delivery(change));
         }
@@ -348,13 +392,36 @@ mod tests {
     async fn dropping_a_subscription_unregisters_it() {
         let hub = Hub::new();
         hub.set_connected(true, EndReason::FeedLost);
-        let first = hub.subscribe("p", 1).unwrap();
-        let second = hub.subscribe("p", 1).unwrap();
+        let first = hub.subscribe("p", 1, "u", 16).unwrap();
+        let second = hub.subscribe("p", 1, "u", 16).unwrap();
         assert_eq!(hub.active(), 2);
         drop(first);
         assert_eq!(hub.active(), 1);
         drop(second);
         assert_eq!(hub.active(), 0);
         assert!(hub.registry().watchers.is_empty());
+        assert!(hub.registry().per_identity.is_empty());
+    }
+
+    #[tokio::test]
+    async fn subscriptions_per_identity_are_capped_and_released_on_drop() {
+        let hub = Hub::new();
+        hub.set_connected(true, EndReason::FeedLost);
+        let first = hub.subscribe("p", 1, "alice", 2).unwrap();
+        let _second = hub.subscribe("q", 1, "alice", 2).unwrap();
+        let refused = hub.subscribe("p", 1, "alice", 2).err().unwrap();
+        assert!(
+            matches!(refused, ServiceError::ResourceExhausted { .. }),
+            "{refused:?}"
+        );
+        let _bob = hub.subscribe("p", 1, "bob", 2).unwrap();
+        assert_eq!(hub.active_for("alice"), 2);
+        // Ended by the hub (feed lost) but not dropped yet: still counted.
+        hub.set_connected(false, EndReason::FeedLost);
+        hub.set_connected(true, EndReason::FeedLost);
+        assert_eq!(hub.active_for("alice"), 2);
+        drop(first);
+        assert_eq!(hub.active_for("alice"), 1);
+        let _third = hub.subscribe("p", 1, "alice", 2).unwrap();
     }
 }

@@ -21,6 +21,9 @@ use crate::routing::{EventKind, RouteTable};
 use crate::schedule::Schedule;
 use crate::target::TargetSettings;
 
+/// Default of `dispatcher.dlq_max_entries`.
+pub const DEFAULT_DLQ_MAX_ENTRIES: u64 = 100_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DispatcherConfig {
@@ -36,6 +39,11 @@ pub struct DispatcherConfig {
     pub consumer: String,
     /// The dead-letter stream.
     pub dlq_stream: String,
+    /// Most entries the dead-letter stream keeps: every append trims it (`XADD … MAXLEN ~`),
+    /// dropping the oldest, so a target that refuses everything cannot fill Redis. Trimming
+    /// is approximate (whole stream nodes, `stream-node-max-entries`, 100 by default), so the
+    /// stream may hold up to one node more than this.
+    pub dlq_max_entries: u64,
     /// Sorted set of scheduled retries (score = due time, ms).
     pub retry_key: String,
     /// Prefix of the scheduler's and reconciler's Redis keys (locks, firing marks).
@@ -274,6 +282,7 @@ impl Default for DispatcherConfig {
             group: "dispatcher".into(),
             consumer: String::new(),
             dlq_stream: "dispatcher:dlq".into(),
+            dlq_max_entries: DEFAULT_DLQ_MAX_ENTRIES,
             retry_key: "dispatcher:retries".into(),
             key_prefix: "dispatcher:".into(),
             batch_size: 32,
@@ -356,6 +365,12 @@ impl DispatcherConfig {
             if value.trim().is_empty() {
                 return Err(invalid(field, "must not be empty".into()));
             }
+        }
+        if !(1..=100_000_000).contains(&self.dlq_max_entries) {
+            return Err(invalid(
+                "dlq_max_entries",
+                "must be between 1 and 100000000".into(),
+            ));
         }
         if !(1..=1_000).contains(&self.batch_size) {
             return Err(invalid("batch_size", "must be between 1 and 1000".into()));
@@ -673,6 +688,10 @@ target = "reconciler"
     fn errors_name_the_full_key() {
         let cases = [
             ("[dispatcher]\nbatch_size = 0\n", "dispatcher.batch_size"),
+            (
+                "[dispatcher]\ndlq_max_entries = 0\n",
+                "dispatcher.dlq_max_entries",
+            ),
             (
                 "[dispatcher]\nmax_attempts = 0\n",
                 "dispatcher.max_attempts",

@@ -66,6 +66,15 @@ pub(crate) struct Inner {
     release_lock: redis::Script,
 }
 
+impl Inner {
+    /// The trim of every append to the dead-letter stream: about `dlq_max_entries`.
+    pub(crate) fn dlq_cap(&self) -> redis::streams::StreamMaxlen {
+        redis::streams::StreamMaxlen::Approx(
+            usize::try_from(self.config.dlq_max_entries).unwrap_or(usize::MAX),
+        )
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

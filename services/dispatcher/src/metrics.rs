@@ -16,6 +16,12 @@ pub const CONSUMER_LAG: &str = "dispatcher_consumer_lag";
 pub const CONSUMER_PENDING: &str = "dispatcher_consumer_pending";
 /// Gauge: retries waiting in the retry set (`ZCARD`).
 pub const RETRIES_SCHEDULED: &str = "dispatcher_retries_scheduled";
+/// Gauge: Redis's `used_memory` (bytes), read with `INFO memory` on the gauge loop.
+pub const REDIS_USED_MEMORY: &str = "dispatcher_redis_used_memory_bytes";
+/// Gauge: Redis's `maxmemory` (bytes; 0 = no limit).
+pub const REDIS_MAXMEMORY: &str = "dispatcher_redis_maxmemory_bytes";
+/// Gauge: 1 when Redis's `maxmemory-policy` is `noeviction`, else 0.
+pub const REDIS_NOEVICTION: &str = "dispatcher_redis_noeviction";
 /// Histogram `{target}`: event commit time → successful delivery.
 pub const EVENT_AGE_SECONDS: &str = "dispatcher_event_age_seconds";
 /// Counter: events that matched no rule (acknowledged without delivery).
@@ -49,6 +55,20 @@ pub fn describe() {
         "storage events read but not yet acknowledged"
     );
     describe_gauge!(RETRIES_SCHEDULED, "retries waiting to be due");
+    describe_gauge!(
+        REDIS_USED_MEMORY,
+        Unit::Bytes,
+        "memory Redis uses for data (INFO memory used_memory)"
+    );
+    describe_gauge!(
+        REDIS_MAXMEMORY,
+        Unit::Bytes,
+        "Redis's maxmemory (0 = no limit): at it, a noeviction Redis refuses writes"
+    );
+    describe_gauge!(
+        REDIS_NOEVICTION,
+        "1 when Redis's maxmemory-policy is noeviction (full = writes refused, nothing lost)"
+    );
     describe_histogram!(
         EVENT_AGE_SECONDS,
         Unit::Seconds,

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `storage:events` | stream | the storage events (written by storage; read through the consumer group `dispatcher`) |
 //! | `dispatcher:retries` | sorted set | scheduled retries: member = a JSON [`RetryTask`] (event included), score = due time (ms) |
-//! | `dispatcher:dlq` | stream | dead letters, fields of [`DeadLetter`] |
+//! | `dispatcher:dlq` | stream | dead letters, fields of [`DeadLetter`]; trimmed to about `dlq_max_entries` on every append (`MAXLEN ~`) |
 //! | `dispatcher:schedule:{name}:fired` | string | the last firing time (ms) a scheduler instance claimed |
 //! | `dispatcher:lock:{name}` | string, expiring | the run lock of a scheduled job (random token) |
 //! | `dispatcher:reconciler:{image_id}` | hash, 7 days TTL | `count` and `last_ms` of the reconciler's re-emissions |
@@ -39,14 +39,15 @@ return due
 ";
 
 /// Finishes a retry `ARGV[1]` if it is still scheduled: `ARGV[2]` is `done`, `retry` (replace
-/// it with `ARGV[3]` due at `ARGV[4]`) or `dead` (append the fields `ARGV[5..]` to the
-/// dead-letter stream `KEYS[2]`). Returns 0 when another instance finished it first.
+/// it with `ARGV[4]` due at `ARGV[5]`) or `dead` (append the fields `ARGV[6..]` to the
+/// dead-letter stream `KEYS[2]`, trimmed to about `ARGV[3]` entries). Returns 0 when another
+/// instance finished it first.
 pub const FINISH: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if ARGV[2] == 'retry' then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
 elseif ARGV[2] == 'dead' then
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6))
 end
 return 1
 ";

@@ -19,6 +19,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::body::{MinRate, RatePolicy, TooSlow};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::files::{self, PreparedFiles, Staging};
@@ -48,6 +49,9 @@ struct LoadedComponent {
     environment: Vec<(String, String)>,
     /// Its `files`, preopened read-only once at load.
     files: PreparedFiles,
+    /// Its own instance slots (`edge.components.<id>.max_concurrent_requests`), reserved out
+    /// of the pool: another component's load cannot take them.
+    slots: Arc<Semaphore>,
 }
 
 /// A loaded Spin application.
@@ -58,10 +62,10 @@ pub struct App {
     router: Router,
     components: HashMap<String, Arc<LoadedComponent>>,
     client: Arc<OutboundClient>,
-    permits: Arc<Semaphore>,
     max_memory_bytes: usize,
     execution_timeout: Duration,
     epoch_tick: Duration,
+    body_rate: RatePolicy,
     /// The copies of components' `files` (removed with the application).
     _staging: Staging,
 }
@@ -75,7 +79,12 @@ enum Failure {
     Timeout,
     Trap,
     NoResponse,
+    /// The request body arrived too slowly (or stopped): the client's fault.
+    BodyTooSlow,
 }
+
+/// Seconds a client is asked to wait (`retry-after`) when a component's slots are full.
+const OVERLOADED_RETRY_AFTER_SECS: u32 = 1;
 
 impl Failure {
     fn label(self) -> &'static str {
@@ -86,24 +95,38 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Trap => "trap",
             Failure::NoResponse => "no_response",
+            Failure::BodyTooSlow => "body_too_slow",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             Failure::Overloaded | Failure::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `code` of the JSON error body (the edge functions' vocabulary).
+    fn code(self) -> &'static str {
+        match self {
+            Failure::Overloaded => "overloaded",
+            Failure::Timeout => "execution_timeout",
+            Failure::BodyTooSlow => "request_timeout",
+            Failure::MemoryLimit => "memory_limit",
+            Failure::Instantiate | Failure::Trap | Failure::NoResponse => "component_failed",
         }
     }
 
     fn message(self) -> &'static str {
         match self {
-            Failure::Instantiate => "the component could not be started\n",
-            Failure::Overloaded => "too many concurrent requests\n",
-            Failure::MemoryLimit => "the component exceeded its memory limit\n",
-            Failure::Timeout => "the component exceeded its execution time limit\n",
-            Failure::Trap => "the component failed\n",
-            Failure::NoResponse => "the component did not respond\n",
+            Failure::Instantiate => "the component could not be started",
+            Failure::Overloaded => "too many concurrent requests for this component; retry later",
+            Failure::MemoryLimit => "the component exceeded its memory limit",
+            Failure::Timeout => "the component exceeded its execution time limit",
+            Failure::Trap => "the component failed",
+            Failure::NoResponse => "the component did not respond",
+            Failure::BodyTooSlow => "the request body arrived too slowly",
         }
     }
 }
@@ -136,16 +159,21 @@ fn summarize(component: &str, error: &wasmtime::Error) -> String {
         .join(" ")
 }
 
-fn text_response(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+/// The runtime's own error answers, in the edge functions' JSON shape
+/// (`{"error":{"status","code","message"}}`, `storemesh_mesh_client::api`).
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": { "status": status.as_u16(), "code": code, "message": message }
+    });
     let mut response = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
+        Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/json"),
     );
     response
 }
@@ -283,6 +311,10 @@ impl App {
         let linker =
             host::linker(&engine).map_err(|error| EdgeError::Engine(format!("{error:#}")))?;
 
+        // Each component's own instance slots, reserved out of the pool.
+        let slots =
+            config.component_slots(manifest.triggered_components().map(|decl| decl.id.as_str()))?;
+
         // Compile each distinct source once (several components may share one `.wasm`).
         let mut compiled: BTreeMap<PathBuf, ProxyPre<HostState>> = BTreeMap::new();
         let mut components = HashMap::new();
@@ -311,9 +343,11 @@ impl App {
             };
             let allowed = variables::allowed_hosts(decl, &app_variables)?;
             let component_variables = ComponentVariables::resolve(decl, &app_variables);
+            let component_slots = slots.get(&decl.id).copied().unwrap_or(1);
             tracing::info!(
                 component = %decl.id,
                 source = %decl.source.display(),
+                max_concurrent_requests = component_slots,
                 files = %prepared_files.describe(),
                 variables = component_variables.len(),
                 allowed_outbound_hosts = %allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -332,6 +366,7 @@ impl App {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     files: prepared_files,
+                    slots: Arc::new(Semaphore::new(component_slots as usize)),
                 }),
             );
         }
@@ -378,10 +413,14 @@ impl App {
             router,
             components,
             client,
-            permits: Arc::new(Semaphore::new(config.max_instances as usize)),
             max_memory_bytes: usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX),
             execution_timeout: Duration::from_millis(config.execution_timeout_ms),
             epoch_tick: Duration::from_millis(config.epoch_tick_ms),
+            body_rate: RatePolicy {
+                min_bytes_per_sec: config.min_body_bytes_per_sec,
+                grace: Duration::from_millis(config.body_grace_ms),
+                window: Duration::from_millis(config.body_rate_window_ms),
+            },
             _staging: staging,
         })
     }
@@ -536,16 +575,24 @@ impl App {
         let id = component.id.clone();
         let label = id.to_string();
 
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        // The component's own slots: a full component sheds its excess at once, and no other
+        // component's requests are affected.
+        let Ok(permit) = component.slots.clone().try_acquire_owned() else {
             return self.fail(
                 &id,
                 Failure::Overloaded,
-                "all instance slots are busy",
+                "all of the component's instance slots are busy",
                 started,
             );
         };
         let active = ActiveGuard::new(id.clone());
 
+        // The body arrives at a minimum rate, or the instance is stopped (below).
+        let (request, too_slow) = {
+            let (parts, body) = request.into_parts();
+            let (body, too_slow) = MinRate::new(Box::pin(body), self.body_rate);
+            (Request::from_parts(parts, body), too_slow)
+        };
         let mut store = self.new_store(&component);
         let (sender, receiver) = oneshot::channel();
         let prepared = store
@@ -564,22 +611,33 @@ impl App {
         };
 
         // The instance runs in its own task: it may keep streaming the response body after
-        // the headers are sent. The task holds the instance slot until the instance is gone.
+        // the headers are sent. The task holds the instance slot until the instance is gone
+        // (also when it is aborted: the slot is dropped with the task's future).
         let limit = self.execution_timeout + self.epoch_tick * 2;
         let pre = component.pre.clone();
         let task_id = id.clone();
-        let task = tokio::spawn(async move {
-            let outcome = run_instance(&pre, &mut store, incoming, outparam, limit, &task_id).await;
-            // Free the pool slot before the permit, so the next request always finds one.
-            drop(store);
-            drop(active);
-            drop(permit);
-            outcome
+        let mut task = tokio::spawn(async move {
+            let mut slot = InstanceSlot {
+                store,
+                _active: active,
+                _permit: permit,
+            };
+            run_instance(&pre, &mut slot.store, incoming, outparam, limit, &task_id).await
         });
         let watcher_id = id.clone();
         let (outcome_tx, outcome_rx) = oneshot::channel();
         tokio::spawn(async move {
-            let outcome = match task.await {
+            let joined = tokio::select! {
+                joined = &mut task => joined,
+                Ok(too_slow) = too_slow => {
+                    // The client's fault: stop the instance (its outbound calls are dropped
+                    // with it) and wait until its slot is free before answering.
+                    task.abort();
+                    let _ = task.await;
+                    Ok(body_too_slow(&too_slow))
+                }
+            };
+            let outcome = match joined {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     Outcome::Failed(Failure::Trap, format!("instance task failed: {error}"))
@@ -640,8 +698,33 @@ impl App {
             .increment(1);
         metrics::histogram!(names::DURATION, "component" => component.to_string())
             .record(started.elapsed().as_secs_f64());
-        text_response(status, failure.message())
+        let mut response = match failure {
+            // The client should know exactly what was wrong with its body.
+            Failure::BodyTooSlow => json_error(status, failure.code(), message),
+            _ => json_error(status, failure.code(), failure.message()),
+        };
+        if failure == Failure::Overloaded {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(OVERLOADED_RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
+}
+
+/// What one running instance holds. Fields drop in declaration order: the store (the pool
+/// slot) is freed before the component's permit, so a request that gets the permit always finds
+/// a pool slot.
+struct InstanceSlot {
+    store: Store<HostState>,
+    _active: ActiveGuard,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The outcome of an instance stopped because its request body was too slow.
+fn body_too_slow(too_slow: &TooSlow) -> Outcome {
+    Outcome::Failed(Failure::BodyTooSlow, too_slow.message())
 }
 
 /// Instantiates and runs one request's instance to completion (or failure).
@@ -685,9 +768,10 @@ async fn run_instance(
 
 fn log_failure(component: &str, failure: Failure, message: &str, after_response: bool) {
     match failure {
-        Failure::Overloaded => tracing::warn!(
+        Failure::Overloaded | Failure::BodyTooSlow => tracing::warn!(
             component = %component,
             kind = failure.label(),
+            after_response,
             "request refused: {message}"
         ),
         Failure::Timeout | Failure::MemoryLimit => tracing::warn!(
@@ -774,9 +858,12 @@ pub fn set_request_uri<B>(request: &mut Request<B>) -> Result<(), RequestRejecte
 /// Adds Spin's request headers as `prepare_request_headers` and `compute_default_headers`
 /// (`crates/trigger-http/src/headers.rs`) and the WASI executor (`wasi.rs`, `prepare_request`)
 /// do: every value must be UTF-8; the host of `spin-full-url` is the `Host` header, else
-/// `localhost` (so an HTTP/2 request, which carries `:authority` instead, gets `localhost`);
-/// Spin's headers are appended after the client's, so a client-sent `spin-*` header is kept and
-/// Spin's value comes after it (spin-sdk's `Request::header` sees Spin's).
+/// `localhost` (so an HTTP/2 request, which carries `:authority` instead, gets `localhost`).
+/// Unlike Spin, which appends its headers after the client's (so a client-sent `spin-*` header
+/// comes first and spin-sdk's `Request::header` sees Spin's, the last), a client-sent header of
+/// any name set here is removed: a component that reads the first value (`HeaderMap::get`)
+/// must not see a client's `spin-client-addr`, which the functions forward as the end client's
+/// address.
 pub fn with_spin_headers<B>(
     request: Request<B>,
     matched: &RouteMatch<'_>,
@@ -822,13 +909,20 @@ pub fn with_spin_headers<B>(
         spin_headers.push((path_match_header(name), value.clone()));
     }
     // Spin skips a name or value the `http` crate refuses.
+    let spin_headers: Vec<(HeaderName, HeaderValue)> = spin_headers
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some((
+                name.parse::<HeaderName>().ok()?,
+                HeaderValue::from_bytes(value.as_bytes()).ok()?,
+            ))
+        })
+        .collect();
+    for (name, _) in &spin_headers {
+        parts.headers.remove(name);
+    }
     for (name, value) in spin_headers {
-        if let (Ok(name), Ok(value)) = (
-            name.parse::<HeaderName>(),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            parts.headers.append(name, value);
-        }
+        parts.headers.append(name, value);
     }
     Ok(Request::from_parts(parts, body))
 }
@@ -1006,10 +1100,11 @@ mod tests {
         assert!(request.headers().get(http::header::HOST).is_none());
     }
 
-    // Spin: crates/trigger-http/src/wasi.rs prepare_request (client headers first, then Spin's,
-    // through `HeaderMap::extend`, which appends): a client-sent spin-* header is not removed.
+    // Spin (crates/trigger-http/src/wasi.rs prepare_request) appends its headers after the
+    // client's; here a client-sent header of a name the runtime sets is replaced, so no reading
+    // of the headers (first or last value) sees a forged `spin-client-addr`.
     #[test]
-    fn client_sent_spin_headers_are_kept_before_spins() {
+    fn client_sent_spin_headers_are_replaced() {
         let request = Request::get("/x/y")
             .header("host", "h")
             .header("spin-path-info", "/forged")
@@ -1017,11 +1112,8 @@ mod tests {
             .body(())
             .unwrap();
         let request = prepared("/x/...", request);
-        assert_eq!(values(&request, "spin-path-info"), ["/forged", "/y"]);
-        assert_eq!(
-            values(&request, "spin-client-addr"),
-            ["1.2.3.4:5", "127.0.0.1:8777"]
-        );
+        assert_eq!(values(&request, "spin-path-info"), ["/y"]);
+        assert_eq!(values(&request, "spin-client-addr"), ["127.0.0.1:8777"]);
     }
 
     // Spin: crates/trigger-http/src/headers.rs prepare_request_headers (`value?` on

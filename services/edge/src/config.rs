@@ -48,6 +48,30 @@ pub struct EdgeConfig {
     pub outbound_connect_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Per-component settings (`[edge.components.<id>]`), by component id.
+    pub components: BTreeMap<String, ComponentLimits>,
+    /// The slowest request body accepted, in bytes per second of waiting for it; `0` disables
+    /// the check. A slower body (or one that stops arriving) is answered `408` and its instance
+    /// stopped, so a slow client cannot hold an instance slot.
+    pub min_body_bytes_per_sec: u64,
+    /// Waiting for a request body that is not counted against `min_body_bytes_per_sec` (a
+    /// client's slow start), in milliseconds.
+    pub body_grace_ms: u64,
+    /// The window over which `min_body_bytes_per_sec` is measured, in milliseconds of waiting:
+    /// each window must bring `min_body_bytes_per_sec × window` bytes. A body that stops
+    /// arriving is ended within `body_grace_ms` + 2 windows; keep that below the functions'
+    /// `mesh_timeout_ms`, so the client is blamed (`408`) rather than the mesh (`504`).
+    pub body_rate_window_ms: u64,
+}
+
+/// One component's share of the runtime (`[edge.components.<id>]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentLimits {
+    /// Requests the component serves at once: its own instance slots, reserved out of
+    /// `max_instances`. Unset: an equal share of the slots no component reserves explicitly.
+    /// Beyond it, requests to this component are answered `503` (other components unaffected).
+    pub max_concurrent_requests: Option<u32>,
 }
 
 impl std::fmt::Debug for EdgeConfig {
@@ -66,6 +90,10 @@ impl std::fmt::Debug for EdgeConfig {
             cache_dir,
             outbound_connect_timeout_ms,
             shutdown_grace_ms,
+            components,
+            min_body_bytes_per_sec,
+            body_grace_ms,
+            body_rate_window_ms,
         } = self;
         // Whether a variable is secret is declared in the manifest, not here: every value is
         // printed as a secret.
@@ -86,6 +114,10 @@ impl std::fmt::Debug for EdgeConfig {
             .field("cache_dir", cache_dir)
             .field("outbound_connect_timeout_ms", outbound_connect_timeout_ms)
             .field("shutdown_grace_ms", shutdown_grace_ms)
+            .field("components", components)
+            .field("min_body_bytes_per_sec", min_body_bytes_per_sec)
+            .field("body_grace_ms", body_grace_ms)
+            .field("body_rate_window_ms", body_rate_window_ms)
             .finish()
     }
 }
@@ -105,7 +137,72 @@ impl Default for EdgeConfig {
             cache_dir: PathBuf::from("data/edge/cache"),
             outbound_connect_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            components: BTreeMap::new(),
+            min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
+            body_grace_ms: 2_000,
+            body_rate_window_ms: 3_000,
         }
+    }
+}
+
+/// 4 KiB/s: far below any real uploader (a 2G link moves several times that), far above a
+/// slow-loris trickle.
+pub const DEFAULT_MIN_BODY_BYTES_PER_SEC: u64 = 4 * 1024;
+
+impl EdgeConfig {
+    /// The instance slots of each of `components` (the triggered components' ids): the explicit
+    /// `max_concurrent_requests`, else an equal share of the slots left. Every component gets
+    /// at least one slot and together they fit in `max_instances`, so no component can take
+    /// another's slots.
+    pub fn component_slots<'a>(
+        &self,
+        components: impl IntoIterator<Item = &'a str>,
+    ) -> Result<BTreeMap<String, u32>, ConfigError> {
+        let components: Vec<&str> = components.into_iter().collect();
+        if let Some(unknown) = self
+            .components
+            .keys()
+            .find(|id| !components.contains(&id.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: format!("edge.components.{unknown}"),
+                message: format!(
+                    "no triggered component `{unknown}` in the manifest (components: {})",
+                    components.join(", ")
+                ),
+            });
+        }
+        let explicit = |id: &str| {
+            self.components
+                .get(id)
+                .and_then(|limits| limits.max_concurrent_requests)
+        };
+        let reserved: u64 = components
+            .iter()
+            .filter_map(|id| explicit(id))
+            .map(u64::from)
+            .sum();
+        let shared = components
+            .iter()
+            .filter(|id| explicit(id).is_none())
+            .count() as u64;
+        let left = u64::from(self.max_instances).saturating_sub(reserved);
+        if reserved > u64::from(self.max_instances) || (shared > 0 && left < shared) {
+            return Err(ConfigError::Invalid {
+                key: "edge.max_instances".into(),
+                message: format!(
+                    "{} instance slots cannot hold the components' own slots ({reserved} reserved by edge.components.*.max_concurrent_requests, at least one for each of the other {shared} components)",
+                    self.max_instances
+                ),
+            });
+        }
+        let share = left
+            .checked_div(shared)
+            .map_or(0, |share| u32::try_from(share).unwrap_or(u32::MAX));
+        Ok(components
+            .iter()
+            .map(|id| ((*id).to_owned(), explicit(id).unwrap_or(share)))
+            .collect())
     }
 }
 
@@ -173,6 +270,35 @@ impl Validate for EdgeConfig {
             return Err(invalid(
                 "epoch_tick_ms",
                 "must not exceed execution_timeout_ms".into(),
+            ));
+        }
+        for (id, limits) in &self.components {
+            if limits
+                .max_concurrent_requests
+                .is_some_and(|slots| slots == 0 || slots > self.max_instances)
+            {
+                return Err(invalid(
+                    &format!("components.{id}.max_concurrent_requests"),
+                    format!(
+                        "must be between 1 and max_instances ({})",
+                        self.max_instances
+                    ),
+                ));
+            }
+        }
+        if self.min_body_bytes_per_sec > 1024 * MIB {
+            return Err(invalid(
+                "min_body_bytes_per_sec",
+                "must be at most 1 GiB/s (0 disables the check)".into(),
+            ));
+        }
+        if self.body_grace_ms > 600_000 {
+            return Err(invalid("body_grace_ms", "must be at most 600000 ms".into()));
+        }
+        if !(100..=600_000).contains(&self.body_rate_window_ms) {
+            return Err(invalid(
+                "body_rate_window_ms",
+                "must be between 100 and 600000 ms".into(),
             ));
         }
         if self.outbound_connect_timeout_ms == 0 {
@@ -256,6 +382,18 @@ mod tests {
             ),
             ("[edge.variables]\nBad = \"x\"\n", "edge.variables.Bad"),
             (
+                "[edge.components.upload-hook]\nmax_concurrent_requests = 0\n",
+                "edge.components.upload-hook.max_concurrent_requests",
+            ),
+            (
+                "[edge]\nbody_rate_window_ms = 10\n",
+                "edge.body_rate_window_ms",
+            ),
+            (
+                "[edge]\nmin_body_bytes_per_sec = 2000000000\n",
+                "edge.min_body_bytes_per_sec",
+            ),
+            (
                 "[edge]\nlisten = \"127.0.0.1:3000\"\nadmin_listen = \"127.0.0.1:3000\"\n",
                 "edge.admin_listen",
             ),
@@ -265,5 +403,51 @@ mod tests {
         }
         let error = load("[edge]\nmax_instnaces = 3\n").unwrap_err().to_string();
         assert!(error.contains("max_instnaces"), "{error}");
+        let error = load("[edge.components.web]\nmax_concurent_requests = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_concurent_requests"), "{error}");
+    }
+
+    #[test]
+    fn every_component_gets_its_own_slots_within_the_pool() {
+        let components = ["upload-hook", "thumbnail", "images", "web"];
+        // Defaults: an equal share each.
+        let slots = load("").unwrap().component_slots(components).unwrap();
+        assert_eq!(
+            slots.values().copied().collect::<Vec<_>>(),
+            [32, 32, 32, 32]
+        );
+
+        // Explicit slots are reserved; the others share what is left.
+        let config = load(
+            "[edge]\nmax_instances = 20\n[edge.components.upload-hook]\nmax_concurrent_requests = 2\n",
+        )
+        .unwrap();
+        let slots = config.component_slots(components).unwrap();
+        assert_eq!(slots["upload-hook"], 2);
+        assert_eq!(slots["thumbnail"], 6);
+        assert_eq!(slots.values().sum::<u32>(), 20);
+
+        // More than the pool, or too little left for the others, fails the start.
+        let config = load(
+            "[edge]\nmax_instances = 4\n[edge.components.upload-hook]\nmax_concurrent_requests = 3\n",
+        )
+        .unwrap();
+        let error = config.component_slots(components).unwrap_err().to_string();
+        assert!(error.contains("edge.max_instances"), "{error}");
+        // A component the manifest does not trigger is named.
+        let config = load("[edge.components.uplaod-hook]\nmax_concurrent_requests = 3\n").unwrap();
+        let error = config.component_slots(components).unwrap_err().to_string();
+        assert!(error.contains("edge.components.uplaod-hook"), "{error}");
+    }
+
+    #[test]
+    fn body_rate_defaults_end_a_stall_before_the_functions_mesh_timeout() {
+        let config = load("").unwrap();
+        assert_eq!(config.min_body_bytes_per_sec, 4096);
+        // A stalled body is ended within grace + 2 windows: below spin.toml's mesh_timeout_ms
+        // (10 s), so the client gets 408, not the mesh's 504.
+        assert!(config.body_grace_ms + 2 * config.body_rate_window_ms < 10_000);
     }
 }

@@ -18,6 +18,9 @@ pub enum EdgeError {
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    /// Configuration that only the manifest can check (e.g. `edge.components.<id>`).
+    #[error(transparent)]
+    Config(#[from] storemesh_runtime::ConfigError),
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
     #[error(

@@ -12,6 +12,7 @@
 //!   `fermyon:spin/variables@2.0.0`), resource limits, the outbound-HTTP policy hook.
 //! - [`files`]: the components' `files` as read-only preopens (mounted directly or copied once
 //!   at load, as `spin up` does), and their relocation for a copy of the manifest.
+//! - [`body`]: the minimum transfer rate of request bodies (a slow client is answered `408`).
 //! - [`send`]: outbound HTTP/1.1, h2c with prior knowledge and HTTP/2 over TLS (ALPN).
 //! - [`app`]: compile once (disk cache), `instantiate_pre` once, a fresh store per request in
 //!   the pooling allocator, wall-clock and memory limits, metrics.
@@ -19,6 +20,7 @@
 //!   `/healthz`, `/readyz`).
 
 pub mod app;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -1094,3 +1094,332 @@ async fn shutdown_drains_in_flight_requests() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+// ---- hardening: per-component slots, slow bodies, the client's address -------------------------
+
+const SLOTS: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "slots"
+
+[[trigger.http]]
+route = "/upload/..."
+component = "upload"
+
+[[trigger.http]]
+route = "/thumb/..."
+component = "thumb"
+
+[[trigger.http]]
+route = "/..."
+component = "web"
+
+[component.upload]
+source = "{app}"
+variables = { name = "upload" }
+[component.thumb]
+source = "{app}"
+variables = { name = "thumb" }
+[component.web]
+source = "{app}"
+variables = { name = "web" }
+"#;
+
+/// A raw HTTP/1.1 client: `POST path` announcing `length` body bytes, of which `first` are
+/// sent at once; the rest is up to the caller.
+async fn start_post(
+    addr: SocketAddr,
+    path: &str,
+    length: usize,
+    first: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: edge.test\r\ncontent-type: application/octet-stream\r\ncontent-length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    stream
+}
+
+/// A response read off a raw connection: status, lower-cased head, body (by `content-length`).
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> std::io::Result<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let body = String::from_utf8_lossy(&buffer[head_end..]).into_owned();
+    Ok(RawAnswer { status, head, body })
+}
+
+/// The answer on `stream` if one comes within `wait`.
+async fn answer_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<RawAnswer> {
+    tokio::time::timeout(wait, read_answer(stream))
+        .await
+        .ok()
+        .map(|answer| answer.unwrap())
+}
+
+fn metric_line<'a>(metrics: &'a str, name: &str, labels: &[&str]) -> Option<&'a str> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+}
+
+// Issue 20, item 3: slow uploads hold every slot of the upload component, and the other
+// components are still served. Before per-component slots, the uploads took the whole pool and
+// everything else got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_component_has_its_own_instance_slots() {
+    let edge = Edge::start(SLOTS, |config| {
+        config.max_instances = 8;
+        config.components.insert(
+            "upload".into(),
+            storemesh_edge::config::ComponentLimits {
+                max_concurrent_requests: Some(2),
+            },
+        );
+        // These uploads stall on purpose; the rate check has its own test.
+        config.min_body_bytes_per_sec = 0;
+    })
+    .await;
+
+    // Slow uploads until the edge refuses one (at most the whole pool and one more).
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() <= 8, "no upload was ever refused");
+        let mut stream = start_post(edge.addr, "/upload/x?action=body", 1_000_000, b"abc").await;
+        match answer_within(&mut stream, Duration::from_millis(500)).await {
+            None => held.push(stream),
+            Some(answer) => break answer,
+        }
+    };
+    assert_eq!(held.len(), 2, "the upload component's own slots");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.head.contains("retry-after: 1"), "{refused:?}");
+    assert!(
+        refused.head.contains("content-type: application/json"),
+        "{refused:?}"
+    );
+    let error: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(error["error"]["status"], 503, "{error}");
+    assert_eq!(error["error"]["code"], "overloaded", "{error}");
+
+    // Every other component is still answered, several at once.
+    let others = (0..6).map(|index| {
+        let url = if index % 2 == 0 {
+            edge.url("/thumb/t?action=info")
+        } else {
+            edge.url("/page?action=info")
+        };
+        tokio::spawn(get(url))
+    });
+    for other in others {
+        let (status, body) = other.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    assert!(
+        metric_line(
+            &metrics,
+            "edge_errors_total",
+            &["component=\"upload\"", "kind=\"overloaded\""]
+        )
+        .is_some(),
+        "{metrics}"
+    );
+
+    // The clients give up: their instances end and the slots are free again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = vec![7_u8; 1000];
+        let mut stream = start_post(edge.addr, "/upload/x?action=body", body.len(), &body).await;
+        let answer = answer_within(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap();
+        if answer.status == 200 {
+            assert_eq!(field(&answer.body, "bytes"), Some("1000"), "{answer:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never freed: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    edge.stop().await;
+}
+
+// Issue 20, item 3: a body that stops arriving, or trickles below the minimum rate, is answered
+// 408 with a JSON error, and its instance is stopped so the slot is free at once. Before, the
+// instance waited for the body until the execution limit (503) or, in the upload hook, until its
+// mesh call's deadline (504 mesh_timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_trickling_body_is_answered_408_and_frees_the_slot() {
+    use tokio::io::AsyncWriteExt;
+    let edge = Edge::start(SLOTS, |config| {
+        config.max_instances = 8;
+        // One slot: the next upload is served only if the stopped instance gave it back.
+        config.components.insert(
+            "upload".into(),
+            storemesh_edge::config::ComponentLimits {
+                max_concurrent_requests: Some(1),
+            },
+        );
+        config.min_body_bytes_per_sec = 2_000;
+        config.body_grace_ms = 200;
+        config.body_rate_window_ms = 500;
+        config.execution_timeout_ms = 20_000;
+    })
+    .await;
+
+    // Headers and part of the body (enough for the first window: grace + window), then
+    // nothing: the second window brings no byte.
+    let started = Instant::now();
+    let mut stalled = start_post(edge.addr, "/upload/x?action=body", 100_000, &[1; 1500]).await;
+    let answer = answer_within(&mut stalled, Duration::from_secs(15))
+        .await
+        .expect("a stalled body is answered well before the execution limit");
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(
+        answer.head.contains("content-type: application/json"),
+        "{answer:?}"
+    );
+    let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(error["error"]["status"], 408, "{error}");
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stopped arriving"), "{message}");
+    // The connection is not kept for more of that body.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the connection stayed open");
+
+    // The one slot is free at once.
+    let body = vec![2_u8; 3000];
+    let mut stream = start_post(edge.addr, "/upload/x?action=body", body.len(), &body).await;
+    let answer = answer_within(&mut stream, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(field(&answer.body, "bytes"), Some("3000"), "{answer:?}");
+
+    // A trickle: 20 bytes every 100 ms (200 B/s against 2000 B/s).
+    let mut trickle = start_post(edge.addr, "/upload/x?action=body", 100_000, b"").await;
+    let answer = loop {
+        if let Some(answer) = answer_within(&mut trickle, Duration::from_millis(100)).await {
+            break answer;
+        }
+        if trickle.write_all(&[3; 20]).await.is_err() {
+            // The server closed the connection after answering.
+            break read_answer(&mut trickle).await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the trickle was never stopped"
+        );
+    };
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(
+        answer.body.contains("slower than the minimum"),
+        "{answer:?}"
+    );
+
+    // A steady body well above the minimum is read to its end: 8 KiB every 20 ms.
+    let total = 40 * 8192;
+    let mut steady = start_post(edge.addr, "/upload/x?action=body", total, b"").await;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        steady.write_all(&[4; 8192]).await.unwrap();
+    }
+    let answer = answer_within(&mut steady, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        field(&answer.body, "bytes"),
+        Some(total.to_string().as_str()),
+        "{answer:?}"
+    );
+
+    let (_, metrics) = get(&format!("http://{}/metrics", edge.admin)).await;
+    let line = metric_line(
+        &metrics,
+        "edge_errors_total",
+        &["component=\"upload\"", "kind=\"body_too_slow\""],
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(line.ends_with(" 2"), "{line}");
+    let active = metric_line(&metrics, "edge_active_instances", &["component=\"upload\""])
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(active.ends_with(" 0"), "{active}");
+    edge.stop().await;
+}
+
+// Issue 20, item 2: components forward `spin-client-addr` as the end client's address, so the
+// runtime must not let a client choose it: a client-sent one is replaced, whichever value a
+// component reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_address_is_the_peers_and_cannot_be_forged() {
+    let edge = Edge::start(SLOTS, |_| {}).await;
+    // A client on another loopback address, sending its own spin-client-addr.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(edge.addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /thumb/t?action=info HTTP/1.1\r\nhost: edge.test\r\nspin-client-addr: 6.6.6.6:1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = answer_within(&mut stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        field(&answer.body, "client-addrs"),
+        Some(local.to_string().as_str()),
+        "{answer:?}"
+    );
+    edge.stop().await;
+}

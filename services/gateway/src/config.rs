@@ -102,6 +102,15 @@ pub struct ListenerTls {
 }
 
 /// Token buckets, per caller identity (JWT `sub`) and per client address.
+///
+/// The address is the end client's ([`storemesh_runtime::server::ClientAddr`]: the TCP peer, or
+/// what trusted proxies such as the edge runtime forwarded in `x-forwarded-for`; IPv6 by /64).
+/// Calls with a user token count against both their address and their identity. Calls with a
+/// service token (role `service`: the edge functions, the dispatcher, the services) count only
+/// against their own per-service bucket: they come from the mesh's few addresses on behalf of
+/// many end clients, so an address bucket would make every client of the edge share one (and
+/// let one client's load starve another's uploads); the end clients' own calls are what is
+/// limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayRateLimit {
@@ -109,6 +118,16 @@ pub struct GatewayRateLimit {
     pub per_identity_burst: u32,
     pub per_address_per_sec: u32,
     pub per_address_burst: u32,
+    /// Per service identity (role `service`): a ceiling for a leaked or runaway service
+    /// credential, well above what the mesh's own traffic needs.
+    pub per_service_per_sec: u32,
+    pub per_service_burst: u32,
+    /// Keys (addresses, identities) each bucket table tracks at most; past it, new keys share
+    /// one overflow bucket until pruning frees room. Bounds the gateway's memory against callers
+    /// that rotate addresses or tokens.
+    pub max_keys: usize,
+    /// How often keys whose bucket is full again are dropped from the tables, in milliseconds.
+    pub prune_interval_ms: u64,
 }
 
 impl Default for GatewayRateLimit {
@@ -118,6 +137,10 @@ impl Default for GatewayRateLimit {
             per_identity_burst: 1_000,
             per_address_per_sec: 2_000,
             per_address_burst: 4_000,
+            per_service_per_sec: 20_000,
+            per_service_burst: 40_000,
+            max_keys: 100_000,
+            prune_interval_ms: 10_000,
         }
     }
 }
@@ -207,12 +230,26 @@ impl Validate for GatewayConfig {
             limits.per_identity_burst,
             limits.per_address_per_sec,
             limits.per_address_burst,
+            limits.per_service_per_sec,
+            limits.per_service_burst,
         ]
         .contains(&0)
         {
             return Err(ConfigError::Invalid {
                 key: format!("{section}.rate_limit"),
                 message: "rates and bursts must be at least 1".into(),
+            });
+        }
+        if limits.max_keys < 1_000 {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.rate_limit.max_keys"),
+                message: "must be at least 1000".into(),
+            });
+        }
+        if !(100..=3_600_000).contains(&limits.prune_interval_ms) {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.rate_limit.prune_interval_ms"),
+                message: "must be between 100 and 3600000".into(),
             });
         }
         Ok(())
@@ -255,6 +292,27 @@ mod tests {
         let only_login = format!("/{AUTH_SERVICE}/Login");
         let config = load(&format!("[gateway]\npublic_methods = [\"{only_login}\"]\n"));
         assert_eq!(config.public_methods, [only_login]);
+    }
+
+    #[test]
+    fn rate_limit_bounds_are_validated_by_key() {
+        let load = |toml: &str| {
+            storemesh_runtime::ConfigLoader::from_toml_str(toml).section::<GatewayConfig>("gateway")
+        };
+        for (toml, key) in [
+            ("per_service_per_sec = 0", "gateway.rate_limit"),
+            ("max_keys = 10", "gateway.rate_limit.max_keys"),
+            (
+                "prune_interval_ms = 1",
+                "gateway.rate_limit.prune_interval_ms",
+            ),
+        ] {
+            let error = load(&format!("[gateway.rate_limit]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+        assert!(load("[gateway.rate_limit]\nmax_keys = 5000\n").is_ok());
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //! - Refuses early what the services would refuse anyway: unknown services
 //!   (`UNIMPLEMENTED`), missing or invalid tokens on non-public methods (`UNAUTHENTICATED`;
 //!   services still authorize on their own), callers over their token bucket per identity or
-//!   per address (`RESOURCE_EXHAUSTED` + `retry-after`), bodies over the byte cap.
+//!   per end-client address (`RESOURCE_EXHAUSTED` + `retry-after`; see
+//!   [`config::GatewayRateLimit`] for who counts where, [`limits`] for the bounded tables),
+//!   bodies over the byte cap.
 //! - Upstream calls go through `storemesh_mesh` (discovery, power-of-two-choices, ejection,
 //!   deadlines, budgeted retries).
 
 pub mod config;
+pub mod limits;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -24,7 +27,7 @@ use std::time::Duration;
 use storemesh_mesh::Upstream;
 use storemesh_runtime::auth::{Authenticator, TokensConfig};
 use storemesh_runtime::server::{
-    AdminServer, BindError, GrpcLayer, ReadyState, ServeOptions, bind, serve,
+    AdminServer, BindError, GrpcLayer, ReadyState, ServeOptions, bind, follow_ready, serve,
 };
 use storemesh_runtime::{ConfigError, ConfigLoader};
 use tokio::net::TcpListener;
@@ -74,6 +77,7 @@ impl From<BindError> for StartError {
 pub struct BoundGateway {
     listener: TcpListener,
     admin: TcpListener,
+    gateway: Arc<Gateway>,
     service: GatewayService,
     health: tonic_health::server::HealthReporter,
     config: GatewayConfig,
@@ -113,6 +117,11 @@ pub async fn build(
     let authenticator = Authenticator::new(&settings.tokens, Arc::new(keys), None)
         .map_err(|error| StartError::Tokens(error.to_string()))?;
     let gateway = Arc::new(Gateway::new(&config, &upstreams, Arc::new(authenticator)));
+    // Ends when the gateway is dropped.
+    tokio::spawn(limits::prune_loop(
+        Arc::downgrade(&gateway),
+        Duration::from_millis(config.rate_limit.prune_interval_ms),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -147,7 +156,8 @@ pub async fn build(
     Ok(BoundGateway {
         listener,
         admin,
-        service: GatewayService::new(gateway, local.routes()),
+        service: GatewayService::new(gateway.clone(), local.routes()),
+        gateway,
         health,
         config,
         tls,
@@ -216,12 +226,23 @@ impl BoundGateway {
         self.admin.local_addr()
     }
 
+    /// The routing core, for diagnostics (e.g. [`Gateway::tracked_addresses`]).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
     /// Serves until `shutdown`, then drains open calls for up to `shutdown_grace_ms`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let ready = ReadyState::default();
         self.health
             .set_service_status("", ServingStatus::Serving)
             .await;
+        // Readiness (and health, following it) says `overloaded` while calls are shed at the
+        // concurrency limit.
+        let grpc = GrpcLayer::new(&self.config.server);
+        ready.watch_load(grpc.load());
+        let health_follower =
+            tokio::spawn(follow_ready(ready.clone(), self.health.clone(), Vec::new()));
         let admin = AdminServer::spawn(self.admin, ready.clone());
         tracing::info!(
             listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -235,7 +256,7 @@ impl BoundGateway {
             // the exposed and allowed lists without `access-control-allow-origin`).
             .map_response(without_cors_for_unlisted_origins)
             .layer(cors_layer(&self.config.cors))
-            .layer(GrpcLayer::new(self.config.server.concurrency_limit))
+            .layer(grpc)
             .service(self.service);
         let drain_signal = {
             let health = self.health.clone();
@@ -247,9 +268,7 @@ impl BoundGateway {
                     .await;
             }
         };
-        let options =
-            ServeOptions::new(Duration::from_millis(self.config.server.shutdown_grace_ms))
-                .tls(self.tls);
+        let options = ServeOptions::from_config(&self.config.server).tls(self.tls);
         serve(
             self.listener,
             options,
@@ -264,6 +283,7 @@ impl BoundGateway {
             drain_signal,
         )
         .await;
+        health_follower.abort();
         admin.stop().await;
         tracing::info!("gateway stopped");
     }

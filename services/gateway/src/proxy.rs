@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,15 +11,15 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt as _;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::{BodyExt, StreamBody};
-use storemesh_mesh::{Upstream, is_idempotent};
+use storemesh_mesh::Upstream;
 use storemesh_runtime::ServiceError;
 use storemesh_runtime::auth::{Authenticator, bearer_token};
+use storemesh_runtime::server::{ClientAddr, TrustedProxies};
 use tonic::body::Body;
 
 use crate::config::GatewayConfig;
+use crate::limits::{KeyedLimiter, Prune};
 
 /// The client's TCP peer, attached to each request by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -42,14 +41,10 @@ pub struct Gateway {
     streaming_methods: HashSet<String>,
     max_request_bytes: u64,
     max_streaming_request_bytes: u64,
-    by_identity: DefaultKeyedRateLimiter<String>,
-    by_address: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-fn quota(per_sec: u32, burst: u32) -> Quota {
-    let rate = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(rate).allow_burst(burst)
+    trusted_proxies: TrustedProxies,
+    by_identity: KeyedLimiter<String>,
+    by_service: KeyedLimiter<String>,
+    by_address: KeyedLimiter<IpAddr>,
 }
 
 fn status(error: ServiceError) -> http::Response<Body> {
@@ -86,15 +81,44 @@ impl Gateway {
             streaming_methods: config.streaming_methods.iter().cloned().collect(),
             max_request_bytes: u64::try_from(config.max_request_bytes).unwrap_or(u64::MAX),
             max_streaming_request_bytes: config.max_streaming_request_bytes,
-            by_identity: RateLimiter::keyed(quota(
+            trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.iter().copied()),
+            by_identity: KeyedLimiter::new(
+                "identity",
                 limits.per_identity_per_sec,
                 limits.per_identity_burst,
-            )),
-            by_address: RateLimiter::keyed(quota(
+                limits.max_keys,
+            ),
+            by_service: KeyedLimiter::new(
+                "service",
+                limits.per_service_per_sec,
+                limits.per_service_burst,
+                limits.max_keys,
+            ),
+            by_address: KeyedLimiter::new(
+                "address",
                 limits.per_address_per_sec,
                 limits.per_address_burst,
-            )),
+                limits.max_keys,
+            ),
         }
+    }
+
+    /// Keys tracked by the per-address buckets (for tests and diagnostics).
+    pub fn tracked_addresses(&self) -> usize {
+        self.by_address.len()
+    }
+
+    /// The end client of `request`: what the server layers resolved (`ClientAddr`), else the
+    /// TCP peer with `x-forwarded-for` believed only from `server.trusted_proxies`.
+    fn client(&self, request: &http::Request<Body>) -> Option<ClientAddr> {
+        if let Some(client) = request.extensions().get::<ClientAddr>() {
+            return Some(*client);
+        }
+        let peer = request.extensions().get::<PeerAddr>()?.0;
+        Some(
+            self.trusted_proxies
+                .client_addr(peer.ip(), request.headers()),
+        )
     }
 
     async fn handle(
@@ -117,35 +141,57 @@ impl Gateway {
             };
         }
 
-        let peer = request.extensions().get::<PeerAddr>().map(|peer| peer.0);
-        if let Some(peer) = peer
-            && let Err(not_until) = self.by_address.check_key(&peer.ip())
-        {
-            return rate_limited(not_until.wait_time_from(DefaultClock::default().now()));
-        }
+        let client = self.client(&request);
+        // Charged to the end client's address: every call except those of service identities.
+        let by_address = || match client {
+            Some(client) => self.by_address.check(&client.limit_key()),
+            None => Ok(()),
+        };
         let Some(upstream) = self.routes.get(&service) else {
+            if let Err(wait) = by_address() {
+                return rate_limited(wait);
+            }
             return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
         };
-        if !self.public_methods.contains(&path) {
-            let Some(token) = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(bearer_token)
-            else {
+        let public = self.public_methods.contains(&path);
+        let token = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(bearer_token);
+        // A token is verified whenever one is sent (cached by the authenticator), so service
+        // identities are recognised on public methods too. On a public method a token that
+        // fails is left to the service, as before: the call counts as anonymous here.
+        let identity = match token {
+            Some(token) => match self.authenticator.authenticate(token).await {
+                Ok(identity) => Some(identity),
+                Err(error) if !public => {
+                    if let Err(wait) = by_address() {
+                        return rate_limited(wait);
+                    }
+                    return status(error);
+                }
+                Err(_) => None,
+            },
+            None if !public => {
+                if let Err(wait) = by_address() {
+                    return rate_limited(wait);
+                }
                 return status(ServiceError::Unauthenticated(
                     "this method requires a bearer access token".into(),
                 ));
-            };
-            let identity = match self.authenticator.authenticate(token).await {
-                Ok(identity) => identity,
-                Err(error) => return status(error),
-            };
-            if let Err(not_until) = self.by_identity.check_key(&identity.subject) {
-                return rate_limited(not_until.wait_time_from(DefaultClock::default().now()));
             }
+            None => None,
+        };
+        let limited = match &identity {
+            Some(identity) if identity.is_service() => self.by_service.check(&identity.subject),
+            Some(identity) => by_address().and_then(|()| self.by_identity.check(&identity.subject)),
+            None => by_address(),
+        };
+        if let Err(wait) = limited {
+            return rate_limited(wait);
         }
-        if let Some(peer) = peer {
-            append_forwarded_for(request.headers_mut(), peer.ip());
+        if let Some(client) = client {
+            forward_client(request.headers_mut(), client);
         }
 
         let cap = if self.streaming_methods.contains(&path) {
@@ -163,12 +209,21 @@ impl Gateway {
             }
         };
         let request = http::Request::from_parts(parts, body);
-        let retryable = is_idempotent(&path, request.headers());
+        // Only the method decides whether the body is buffered for replay, never a header.
+        let retryable = upstream.is_idempotent(&path);
         let response = upstream.call(request, retryable).await;
         if exceeded.load(Ordering::Relaxed) {
             return too_large(cap);
         }
         response.map(Body::new)
+    }
+}
+
+impl Prune for Gateway {
+    fn prune(&self) {
+        self.by_address.prune();
+        self.by_identity.prune();
+        self.by_service.prune();
     }
 }
 
@@ -179,15 +234,13 @@ fn too_large(cap: u64) -> http::Response<Body> {
     })
 }
 
-fn append_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr) {
-    let value = match headers
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(value) = http::HeaderValue::from_str(&value) {
+/// Tells the services behind the gateway who the end client is: `x-forwarded-for` becomes the
+/// one address the gateway resolved. Whatever the caller sent is dropped: from an untrusted peer
+/// it is unverified, and from trusted proxies it was already walked to find the client. The
+/// services trust the gateway alone (`server.trusted_proxies`), so they read exactly this.
+fn forward_client(headers: &mut http::HeaderMap, client: ClientAddr) {
+    headers.remove("x-forwarded-for");
+    if let Ok(value) = http::HeaderValue::from_str(&client.0.to_string()) {
         headers.insert("x-forwarded-for", value);
     }
 }

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use storemesh_mesh::MeshChannel;
 use storemesh_proto::catalog::v1::GetProductRequest;
 use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
-use storemesh_runtime::auth::{Authorize, Identity, Role, scopes};
+use storemesh_runtime::auth::{Identity, Role, scopes};
 use storemesh_runtime::{ServiceError, ServiceResult};
 
 use crate::keys::{self, KeyClass};
@@ -22,21 +22,84 @@ pub enum WriteKind {
     Delete,
 }
 
-/// Read access: every user; service accounts need `storage.read`.
-pub fn require_read(identity: &Identity) -> ServiceResult<()> {
-    if identity.is_service() {
-        identity.require_scope(scopes::STORAGE_READ)
-    } else {
-        Ok(())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<'a> {
     Allow,
     Deny(&'static str),
     /// Allowed if the caller is the seller of this product.
     IfOwner(&'a str),
+}
+
+const SERVICE_READ: &str = "service accounts need scope storage.read";
+const SHOPPER_READ: &str = "storage reads are for the product's seller, admins and services; \
+     shoppers get images through the images function";
+
+/// Read access (`Download`, `Stat`) to `key`, before any ownership lookup: admins; service
+/// accounts with `storage.read` (the thumbnail and images functions, the dispatcher); a seller
+/// for keys under `products/{product_id}/` of a product they own. Storage cannot tell whether
+/// a product is published, so everyone else (shoppers, other sellers) is refused: published
+/// variants reach them through the `images` function, which reads with its service identity.
+pub fn read_decision<'a>(identity: &Identity, key: &'a str) -> Decision<'a> {
+    if identity.is_admin() {
+        return Decision::Allow;
+    }
+    if identity.is_service() {
+        return if identity.has_scope(scopes::STORAGE_READ) {
+            Decision::Allow
+        } else {
+            Decision::Deny(SERVICE_READ)
+        };
+    }
+    match keys::product_of(key) {
+        Some(product_id) if identity.role == Role::Seller && keys::is_catalog_id(product_id) => {
+            Decision::IfOwner(product_id)
+        }
+        _ => Decision::Deny(SHOPPER_READ),
+    }
+}
+
+/// Read access for `List` under `prefix` (a plain byte prefix): as [`read_decision`], where a
+/// seller must name one product, `products/{product_id}/…`, so no listing spans another
+/// seller's keys.
+pub fn list_decision<'a>(identity: &Identity, prefix: &'a str) -> Decision<'a> {
+    if identity.is_admin() || identity.is_service() {
+        return read_decision(identity, "");
+    }
+    let product = prefix
+        .strip_prefix("products/")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(product_id, _)| product_id);
+    match product {
+        Some(product_id) if identity.role == Role::Seller && keys::is_catalog_id(product_id) => {
+            Decision::IfOwner(product_id)
+        }
+        _ if identity.role == Role::Seller => {
+            Decision::Deny("sellers list under products/{product_id}/ of their own products only")
+        }
+        _ => Decision::Deny(SHOPPER_READ),
+    }
+}
+
+/// Resolves a [`Decision`], asking `owners` when it depends on product ownership.
+pub async fn require(
+    decision: Decision<'_>,
+    identity: &Identity,
+    bearer: Option<&str>,
+    owners: &dyn ProductOwners,
+) -> ServiceResult<()> {
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(why) => Err(ServiceError::PermissionDenied(why.into())),
+        Decision::IfOwner(product_id) => match owners.seller_of(product_id, bearer).await? {
+            Some(seller) if seller == identity.subject => Ok(()),
+            Some(_) => Err(ServiceError::PermissionDenied(
+                "the product belongs to another seller".into(),
+            )),
+            None => Err(ServiceError::PermissionDenied(
+                "no such product in the catalog".into(),
+            )),
+        },
+    }
 }
 
 /// The write rule for `key`, before any ownership lookup.
@@ -92,19 +155,13 @@ pub async fn require_write(
     bearer: Option<&str>,
     owners: &dyn ProductOwners,
 ) -> ServiceResult<()> {
-    match write_decision(identity, key, kind) {
-        Decision::Allow => Ok(()),
-        Decision::Deny(why) => Err(ServiceError::PermissionDenied(why.into())),
-        Decision::IfOwner(product_id) => match owners.seller_of(product_id, bearer).await? {
-            Some(seller) if seller == identity.subject => Ok(()),
-            Some(_) => Err(ServiceError::PermissionDenied(
-                "the product belongs to another seller".into(),
-            )),
-            None => Err(ServiceError::PermissionDenied(
-                "no such product in the catalog".into(),
-            )),
-        },
-    }
+    require(
+        write_decision(identity, key, kind),
+        identity,
+        bearer,
+        owners,
+    )
+    .await
 }
 
 /// [`ProductOwners`] backed by `CatalogService.GetProduct` through the mesh (upstream
@@ -255,17 +312,59 @@ mod tests {
 
     #[test]
     fn reads() {
-        assert!(require_read(&identity(Role::Customer, "c", &[])).is_ok());
-        assert!(require_read(&identity(Role::Seller, "s", &[])).is_ok());
-        assert!(require_read(&identity(Role::Admin, "a", &[])).is_ok());
-        assert!(require_read(&identity(Role::Service, "svc", &[scopes::STORAGE_READ])).is_ok());
-        let denied = require_read(&identity(
-            Role::Service,
-            "svc",
-            &[scopes::STORAGE_WRITE_THUMBNAILS],
-        ))
-        .unwrap_err();
-        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        for key in [ORIGINAL, THUMBNAIL, OTHER_PRODUCT, ELSEWHERE] {
+            let admin = identity(Role::Admin, "a", &[]);
+            assert_eq!(read_decision(&admin, key), Decision::Allow);
+            let reader = identity(Role::Service, "svc", &[scopes::STORAGE_READ]);
+            assert_eq!(read_decision(&reader, key), Decision::Allow);
+            let blind = identity(Role::Service, "svc", &[scopes::STORAGE_WRITE_THUMBNAILS]);
+            assert!(matches!(read_decision(&blind, key), Decision::Deny(_)));
+            let customer = identity(Role::Customer, "c", &[]);
+            assert!(matches!(read_decision(&customer, key), Decision::Deny(_)));
+        }
+        let seller = identity(Role::Seller, "s", &[]);
+        for key in [ORIGINAL, THUMBNAIL, OTHER_PRODUCT] {
+            assert_eq!(read_decision(&seller, key), Decision::IfOwner("p1"));
+        }
+        assert!(matches!(
+            read_decision(&seller, ELSEWHERE),
+            Decision::Deny(_)
+        ));
+        assert!(matches!(
+            read_decision(&seller, "products/a b/originals/i"),
+            Decision::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn lists() {
+        let seller = identity(Role::Seller, "s", &[]);
+        assert_eq!(
+            list_decision(&seller, "products/p1/"),
+            Decision::IfOwner("p1")
+        );
+        assert_eq!(
+            list_decision(&seller, "products/p1/originals/"),
+            Decision::IfOwner("p1")
+        );
+        // A prefix that could span several products names none.
+        for prefix in ["", "products/", "products/p1", "misc/"] {
+            assert!(
+                matches!(list_decision(&seller, prefix), Decision::Deny(_)),
+                "{prefix}"
+            );
+        }
+        let customer = identity(Role::Customer, "c", &[]);
+        assert!(matches!(
+            list_decision(&customer, "products/p1/"),
+            Decision::Deny(_)
+        ));
+        let reader = identity(Role::Service, "svc", &[scopes::STORAGE_READ]);
+        assert_eq!(list_decision(&reader, ""), Decision::Allow);
+        assert_eq!(
+            list_decision(&identity(Role::Admin, "a", &[]), ""),
+            Decision::Allow
+        );
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //!   { prefix = "products/*/thumbnails/", max_bytes = 16777216 },
 //! ]
 //!
+//! max_concurrent_uploads_per_identity = 16
+//! max_concurrent_uploads_per_service = 64
+//! upload_min_bytes_per_sec = 16384     # 0: no minimum rate (the idle timeout remains)
+//! upload_min_rate_window_ms = 30000
+//! upload_min_rate_grace_ms = 10000
+//! max_stored_bytes_per_seller = 10737418240
+//!
 //! [storage.events]
 //! stream = "storage:events"
 //! max_len = 100000
@@ -85,6 +92,27 @@ pub struct StorageConfig {
     pub gc_grace_ms: u64,
     /// How often the janitor looks for expired uploads and garbage, in milliseconds.
     pub janitor_interval_ms: u64,
+    /// Uploads one user (seller, admin, customer) may have in progress at once, across every
+    /// storage instance (counted in Redis under the uploads' leases); one more is refused
+    /// `RESOURCE_EXHAUSTED` with `retry-after` before any byte is stored.
+    pub max_concurrent_uploads_per_identity: u32,
+    /// The same for one service account (the thumbnail function uploads several variants of
+    /// many images at once).
+    pub max_concurrent_uploads_per_service: u32,
+    /// Slowest accepted upload, in bytes per second, averaged over `upload_min_rate_window_ms`
+    /// once `upload_min_rate_grace_ms` have passed; a slower upload is aborted
+    /// (`DEADLINE_EXCEEDED`) and cleaned up. 0 turns the check off (the idle timeout remains).
+    /// Bytes count when a whole chunk has arrived, so a window should be long enough for a
+    /// client at this rate to send a few chunks.
+    pub upload_min_bytes_per_sec: u64,
+    /// The window the upload rate is averaged over, in milliseconds.
+    pub upload_min_rate_window_ms: u64,
+    /// Time after the upload starts streaming during which no rate is required, in ms.
+    pub upload_min_rate_grace_ms: u64,
+    /// Bytes a seller may store in total (originals and variants under their products, as
+    /// accounted in Redis). A seller's upload that would go over it is refused
+    /// `RESOURCE_EXHAUSTED`; variants made by services are counted but never refused.
+    pub max_stored_bytes_per_seller: u64,
 }
 
 impl Default for StorageConfig {
@@ -116,6 +144,12 @@ impl Default for StorageConfig {
             upload_lease_ms: 60_000,
             gc_grace_ms: 5 * 60_000,
             janitor_interval_ms: 10_000,
+            max_concurrent_uploads_per_identity: 16,
+            max_concurrent_uploads_per_service: 64,
+            upload_min_bytes_per_sec: 16 * 1024,
+            upload_min_rate_window_ms: 30_000,
+            upload_min_rate_grace_ms: 10_000,
+            max_stored_bytes_per_seller: 10 * 1024 * MIB,
         }
     }
 }
@@ -266,6 +300,30 @@ impl Validate for StorageConfig {
         if self.janitor_interval_ms < 50 {
             return Err(invalid("janitor_interval_ms", "must be at least 50".into()));
         }
+        if self.max_concurrent_uploads_per_identity == 0 {
+            return Err(invalid(
+                "max_concurrent_uploads_per_identity",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_concurrent_uploads_per_service == 0 {
+            return Err(invalid(
+                "max_concurrent_uploads_per_service",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.upload_min_bytes_per_sec > 0 && self.upload_min_rate_window_ms < 100 {
+            return Err(invalid(
+                "upload_min_rate_window_ms",
+                "must be at least 100 when upload_min_bytes_per_sec is set".into(),
+            ));
+        }
+        if self.max_stored_bytes_per_seller == 0 {
+            return Err(invalid(
+                "max_stored_bytes_per_seller",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -324,6 +382,18 @@ mod tests {
         assert!(error("[storage]\npart_size_bytes = 10\n").contains("storage.part_size_bytes"));
         assert!(error("[storage.events]\nstream = \"\"\n").contains("storage.events.stream"));
         assert!(error("[storage]\nbakend = \"local\"\n").contains("bakend"));
+        assert!(
+            error("[storage]\nmax_concurrent_uploads_per_identity = 0\n")
+                .contains("storage.max_concurrent_uploads_per_identity")
+        );
+        assert!(
+            error("[storage]\nupload_min_rate_window_ms = 10\n")
+                .contains("storage.upload_min_rate_window_ms")
+        );
+        assert!(
+            error("[storage]\nmax_stored_bytes_per_seller = 0\n")
+                .contains("storage.max_stored_bytes_per_seller")
+        );
     }
 
     #[test]

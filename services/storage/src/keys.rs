@@ -100,6 +100,13 @@ pub fn classify(key: &str) -> KeyClass<'_> {
     }
 }
 
+/// The product a key under `products/{product_id}/…` belongs to (at least one segment after
+/// the product's).
+pub fn product_of(key: &str) -> Option<&str> {
+    let (product_id, rest) = key.strip_prefix("products/")?.split_once('/')?;
+    (!product_id.is_empty() && !rest.is_empty()).then_some(product_id)
+}
+
 /// Catalog ids are at most 64 characters of `[A-Za-z0-9_-]` (see the catalog contract); other
 /// segments cannot name a product, so nobody owns them.
 pub fn is_catalog_id(id: &str) -> bool {
@@ -190,6 +197,15 @@ mod tests {
         assert_eq!(classify("misc/file"), KeyClass::Other);
         assert!(classify("products/p/originals/i").is_image());
         assert!(!classify("misc/file").is_image());
+    }
+
+    #[test]
+    fn products_of_keys() {
+        assert_eq!(product_of("products/p1/originals/i"), Some("p1"));
+        assert_eq!(product_of("products/p1/notes.txt"), Some("p1"));
+        assert_eq!(product_of("products/p1"), None);
+        assert_eq!(product_of("products//x"), None);
+        assert_eq!(product_of("misc/p1/x"), None);
     }
 
     #[test]

@@ -41,8 +41,14 @@
 //! ## Authorization
 //!
 //! Every RPC needs a valid access token (verified locally by the shared layer).
-//! - Read (`Download`, `Stat`, `List`): every user (customer, seller, admin); service accounts
-//!   need scope `storage.read`.
+//! - Read (`Download`, `Stat`): admins; service accounts with scope `storage.read` (the
+//!   thumbnail and images functions, the dispatcher); a seller for keys under
+//!   `products/{product_id}/` of a product they own (asked of the catalog as for writes).
+//!   Nobody else: storage does not know whether a product is published, so shoppers and other
+//!   sellers get image bytes only through the `images` function, which applies the catalog's
+//!   visibility and reads with its service identity.
+//! - `List`: the same, where a seller's prefix must name one of their products
+//!   (`products/{product_id}/…`).
 //! - `Upload`/`Delete` under `products/{product_id}/originals/`: the seller who owns the product
 //!   (the catalog's `GetProduct`, called with the caller's token, says who; answers are cached
 //!   for `owner_cache_ms`), and admins.
@@ -50,6 +56,26 @@
 //!   `storage.write:thumbnails`, and admins.
 //! - `Delete` anywhere under `products/`: service accounts with scope `storage.delete:products`.
 //! - Anything else: admins only.
+//!
+//! ## Limits
+//!
+//! - Uploads in progress per identity (`max_concurrent_uploads_per_identity`, service accounts
+//!   `max_concurrent_uploads_per_service`), counted in Redis with the upload leases, so across
+//!   instances; one more is refused `RESOURCE_EXHAUSTED` with `retry-after` before any byte is
+//!   stored, and a crashed upload's place comes back when its lease runs out.
+//! - A minimum upload rate (`upload_min_bytes_per_sec` averaged over
+//!   `upload_min_rate_window_ms`, after `upload_min_rate_grace_ms`), besides the idle timeout: a
+//!   trickling client is ended `DEADLINE_EXCEEDED` and cleaned up like any failed upload.
+//! - Stored bytes per seller (`max_stored_bytes_per_seller`): every object under
+//!   `products/{product_id}/` is charged to the product's seller (the uploading seller, or the
+//!   seller recorded for the product when a service writes its variants), in the same Redis
+//!   script that commits or deletes it (see [`store`]). A seller's upload is refused
+//!   `RESOURCE_EXHAUSTED` before streaming when the announced size does not fit, while
+//!   streaming once the bytes do not, and at the commit (atomically, so concurrent uploads
+//!   cannot overshoot). Variants written by services are charged but never refused (they come
+//!   from originals that were admitted). If the totals ever drift (manual edits, objects from
+//!   before accounting), [`store::Store::recount_usage`] rebuilds them from the objects while
+//!   the service runs.
 
 pub mod authz;
 pub mod backend;

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use storemesh_proto::storage::v1 as pb;
 use storemesh_proto::storage::v1::upload_header::Target;
 use storemesh_proto::storage::v1::upload_request::Payload;
-use storemesh_runtime::auth::{Identity, caller};
+use storemesh_runtime::auth::{Identity, Role, caller};
 use storemesh_runtime::error::Violations;
 use storemesh_runtime::{ServiceError, ServiceResult};
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use crate::backend::{Backend, BlobWriter};
 use crate::config::StorageConfig;
 use crate::events::{self, TraceContext};
 use crate::janitor::JanitorHandle;
-use crate::store::{Begin, Commit, Idempotency, ObjectRecord, Store, now_ms};
+use crate::store::{Begin, Charge, Commit, Idempotency, ObjectRecord, Slot, Store, now_ms};
 use crate::{keys, limits, page_token, range, sniff, validate};
 
 /// Largest `UploadRequest.chunk`, per the contract.
@@ -68,6 +68,61 @@ impl StorageApi {
 
     fn config(&self) -> &StorageConfig {
         &self.inner.config
+    }
+
+    /// Whom an upload to `key` is charged to: keys under `products/{product_id}/` to the
+    /// product's seller (the caller when a seller writes their own product's originals, else
+    /// the seller remembered for the product, else the catalog's answer); a seller's own
+    /// uploads are held to `max_stored_bytes_per_seller`.
+    async fn charge_for(
+        &self,
+        identity: &Identity,
+        key: &str,
+        bearer: Option<&str>,
+    ) -> ServiceResult<Charge> {
+        let Some(product_id) = keys::product_of(key).filter(|id| keys::is_catalog_id(id)) else {
+            return Ok(Charge::default());
+        };
+        let quota =
+            (identity.role == Role::Seller).then_some(self.config().max_stored_bytes_per_seller);
+        // Sellers write only their own products (checked before), so they pay themselves.
+        let seller = if identity.role == Role::Seller {
+            Some(identity.subject.clone())
+        } else {
+            match self.inner.store.product_seller(product_id).await? {
+                Some(seller) => Some(seller),
+                // Nothing of the product's seller stored yet (an admin writing first): ask the
+                // catalog, but an unreachable catalog does not block a service's or an
+                // admin's upload; it is only left uncharged.
+                None => match self.inner.owners.seller_of(product_id, bearer).await {
+                    Ok(seller) => seller,
+                    Err(error) => {
+                        tracing::warn!(%error, product_id, "cannot tell whom to charge; the upload is not charged");
+                        None
+                    }
+                },
+            }
+        };
+        Ok(Charge {
+            seller,
+            product_id: Some(product_id.to_owned()),
+            quota,
+        })
+    }
+
+    async fn require_read(
+        &self,
+        identity: &Identity,
+        key: &str,
+        bearer: Option<&str>,
+    ) -> ServiceResult<()> {
+        authz::require(
+            authz::read_decision(identity, key),
+            identity,
+            bearer,
+            self.inner.owners.as_ref(),
+        )
+        .await
     }
 }
 
@@ -226,6 +281,11 @@ enum Stage {
 struct Session {
     blob: String,
     idempotency: Option<Idempotency>,
+    slot: Slot,
+    charge: Charge,
+    /// Bytes the seller may still add (their quota minus usage, plus what a replaced version
+    /// of the same key gives back); checked while streaming, the commit decides.
+    room: Option<u64>,
     writer: Option<BlobWriter>,
     stage: Stage,
 }
@@ -282,6 +342,27 @@ impl StorageApi {
         if plan.expected_size.is_some_and(|size| size > plan.limit) {
             return Err(plan.too_large());
         }
+        let charge = self
+            .charge_for(&identity, &plan.key, bearer.as_deref())
+            .await?;
+        let room = match (&charge.seller, charge.quota) {
+            (Some(seller), Some(quota)) => {
+                let store = &self.inner.store;
+                let used = store.usage(seller).await?;
+                let back = store.charged_size(&plan.key, seller).await?;
+                let room = quota.saturating_add(back).saturating_sub(used);
+                if room == 0 || plan.expected_size.is_some_and(|size| size > room) {
+                    return Err(over_quota(quota));
+                }
+                Some(room)
+            }
+            _ => None,
+        };
+        let max_uploads = if identity.is_service() {
+            self.config().max_concurrent_uploads_per_service
+        } else {
+            self.config().max_concurrent_uploads_per_identity
+        };
 
         let etag = ulid::Ulid::new().to_string();
         let idempotency = (!plan.idempotency_key.is_empty()).then(|| {
@@ -294,6 +375,9 @@ impl StorageApi {
         let mut session = Session {
             blob: Backend::blob_path(&etag),
             idempotency,
+            slot: Slot::new(&identity.subject, max_uploads),
+            charge,
+            room,
             writer: None,
             stage: Stage::Receiving,
         };
@@ -301,7 +385,12 @@ impl StorageApi {
         match self
             .inner
             .store
-            .begin(&session.blob, lease, session.idempotency.as_ref())
+            .begin(
+                &session.blob,
+                lease,
+                session.idempotency.as_ref(),
+                &session.slot,
+            )
             .await?
         {
             Begin::Started => {}
@@ -321,6 +410,17 @@ impl StorageApi {
                 return Err(ServiceError::Aborted(
                     "an upload with this idempotency_key is still in progress".into(),
                 ));
+            }
+            Begin::TooManyUploads => {
+                metrics::counter!("storage_uploads_refused_total", "reason" => "concurrency")
+                    .increment(1);
+                return Err(ServiceError::ResourceExhausted {
+                    message: format!(
+                        "at most {max_uploads} uploads per caller may be in progress at once; \
+                         retry when one has finished"
+                    ),
+                    retry_after: Some(TOO_MANY_UPLOADS_RETRY),
+                });
             }
         }
 
@@ -362,11 +462,29 @@ impl StorageApi {
         let mut renew = tokio::time::interval(lease / 3);
         renew.tick().await;
         let mut idle_deadline = Instant::now() + idle;
+        let mut floor = RateFloor::new(config, Instant::now());
+        let mut rate_check = tokio::time::interval_at(
+            floor
+                .as_ref()
+                .map_or_else(Instant::now, RateFloor::first_check),
+            floor
+                .as_ref()
+                .map_or(Duration::from_secs(1), RateFloor::period),
+        );
         loop {
             let message = tokio::select! {
                 message = tokio::time::timeout_at(idle_deadline, stream.message()) => message,
+                now = rate_check.tick(), if floor.is_some() => {
+                    if let Some(floor) = &mut floor
+                        && let Err(error) = floor.check(now, size)
+                    {
+                        metrics::counter!("storage_uploads_too_slow_total").increment(1);
+                        return Err(error);
+                    }
+                    continue;
+                }
                 _ = renew.tick() => {
-                    match store.renew(&session.blob, lease, session.idempotency.as_ref()).await {
+                    match store.renew(&session.blob, lease, session.idempotency.as_ref(), &session.slot).await {
                         Ok(true) => {}
                         Ok(false) => {
                             return Err(ServiceError::Aborted(
@@ -414,8 +532,16 @@ impl StorageApi {
                 continue;
             }
             size += chunk.len() as u64;
+            if let Some(floor) = &mut floor {
+                floor.record(Instant::now(), size);
+            }
             if size > plan.limit {
                 return Err(plan.too_large());
+            }
+            if let (Some(room), Some(quota)) = (session.room, session.charge.quota)
+                && size > room
+            {
+                return Err(over_quota(quota));
             }
             if plan.expected_size.is_some_and(|expected| size > expected) {
                 return Err(ServiceError::invalid(
@@ -482,7 +608,14 @@ impl StorageApi {
             now_ms().saturating_add(i64::try_from(config.gc_grace_ms).unwrap_or(i64::MAX));
         session.stage = Stage::Unknown;
         match store
-            .commit(&record, &event, garbage_due, session.idempotency.as_ref())
+            .commit(
+                &record,
+                &event,
+                garbage_due,
+                session.idempotency.as_ref(),
+                &session.slot,
+                &session.charge,
+            )
             .await?
         {
             Commit::Committed => session.stage = Stage::Committed,
@@ -491,6 +624,10 @@ impl StorageApi {
                 return Err(ServiceError::Aborted(
                     "the upload's lease was lost; nothing was committed, retry".into(),
                 ));
+            }
+            Commit::OverQuota => {
+                session.stage = Stage::Written;
+                return Err(over_quota(session.charge.quota.unwrap_or_default()));
             }
         }
         metrics::counter!("storage_uploads_committed_total").increment(1);
@@ -529,7 +666,7 @@ impl StorageApi {
             Stage::Unknown | Stage::Committed => return,
         }
         if let Err(error) = store
-            .abandon(&session.blob, session.idempotency.as_ref())
+            .abandon(&session.blob, session.idempotency.as_ref(), &session.slot)
             .await
         {
             tracing::warn!(%error, "cannot end the lease of a failed upload; it will expire");
@@ -571,6 +708,97 @@ impl StorageApi {
         Err(ServiceError::Aborted(
             "the object changed repeatedly while opening it; retry".into(),
         ))
+    }
+}
+
+/// The minimum upload rate (`upload_min_bytes_per_sec`): after the grace period, the bytes
+/// received over the last window (from the last chunk that arrived at or before its start, so a
+/// window spans whole chunks) must average at least the minimum. The history is kept as at most
+/// [`RateFloor::SAMPLES`] samples per window, whatever the number of chunks.
+struct RateFloor {
+    min_bytes_per_sec: u64,
+    window: Duration,
+    grace: Duration,
+    started: Instant,
+    /// (start of the sample's slot, arrival of its last chunk, bytes received up to that chunk),
+    /// oldest first; chunks within one slot (`window / SAMPLES`) share a sample.
+    samples: std::collections::VecDeque<(Instant, Instant, u64)>,
+}
+
+impl RateFloor {
+    const SAMPLES: u32 = 32;
+
+    fn new(config: &StorageConfig, started: Instant) -> Option<Self> {
+        (config.upload_min_bytes_per_sec > 0).then(|| Self {
+            min_bytes_per_sec: config.upload_min_bytes_per_sec,
+            window: Duration::from_millis(config.upload_min_rate_window_ms),
+            grace: Duration::from_millis(config.upload_min_rate_grace_ms),
+            started,
+            samples: std::collections::VecDeque::new(),
+        })
+    }
+
+    fn first_check(&self) -> Instant {
+        self.started + self.grace.max(self.period())
+    }
+
+    /// How often the rate is checked: a fraction of the window, at most every second.
+    fn period(&self) -> Duration {
+        (self.window / 8).clamp(Duration::from_millis(20), Duration::from_secs(1))
+    }
+
+    fn record(&mut self, now: Instant, total: u64) {
+        let spacing = self.window / Self::SAMPLES;
+        match self.samples.back_mut() {
+            Some((slot, at, bytes)) if now.duration_since(*slot) < spacing => {
+                (*at, *bytes) = (now, total);
+            }
+            _ => self.samples.push_back((now, now, total)),
+        }
+    }
+
+    fn check(&mut self, now: Instant, total: u64) -> ServiceResult<()> {
+        if now.duration_since(self.started) < self.grace {
+            return Ok(());
+        }
+        let window_start = now.checked_sub(self.window).unwrap_or(self.started);
+        // Keep one sample at or before the window's start: the base the window counts from.
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|(_, at, _)| *at <= window_start)
+        {
+            self.samples.pop_front();
+        }
+        let (since, base) = match self.samples.front() {
+            Some(&(_, at, bytes)) if at <= window_start => (at, bytes),
+            _ => (self.started, 0),
+        };
+        let elapsed_ms = now.duration_since(since).as_millis();
+        let received = u128::from(total.saturating_sub(base));
+        if received * 1000 >= u128::from(self.min_bytes_per_sec) * elapsed_ms {
+            return Ok(());
+        }
+        Err(ServiceError::DeadlineExceeded(format!(
+            "the upload was slower than the minimum of {} bytes/s over the last {} ms; it was \
+             aborted and nothing was committed",
+            self.min_bytes_per_sec,
+            self.window.as_millis()
+        )))
+    }
+}
+
+/// `retry-after` of an upload refused for the caller's uploads in progress.
+const TOO_MANY_UPLOADS_RETRY: Duration = Duration::from_secs(1);
+
+fn over_quota(quota: u64) -> ServiceError {
+    metrics::counter!("storage_uploads_refused_total", "reason" => "quota").increment(1);
+    ServiceError::ResourceExhausted {
+        message: format!(
+            "the seller's storage quota of {quota} bytes would be exceeded; delete images to \
+             make room"
+        ),
+        retry_after: None,
     }
 }
 
@@ -655,9 +883,12 @@ impl pb::storage_service_server::StorageService for StorageApi {
         &self,
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        authz::require_read(caller(&request)?)?;
+        let identity = caller(&request)?.clone();
+        let bearer = bearer(&request);
         let request = request.into_inner();
         check_key("key", &request.key)?;
+        self.require_read(&identity, &request.key, bearer.as_deref())
+            .await?;
         let (record, length, body) = self.open(&request).await?;
         let (tx, rx) = mpsc::channel(2);
         let info = pb::DownloadResponse {
@@ -677,9 +908,12 @@ impl pb::storage_service_server::StorageService for StorageApi {
         &self,
         request: Request<pb::StatRequest>,
     ) -> Result<Response<pb::StatResponse>, Status> {
-        authz::require_read(caller(&request)?)?;
+        let identity = caller(&request)?.clone();
+        let bearer = bearer(&request);
         let request = request.into_inner();
         check_key("key", &request.key)?;
+        self.require_read(&identity, &request.key, bearer.as_deref())
+            .await?;
         let Some(record) = self.inner.store.get(&request.key).await? else {
             return Err(ServiceError::NotFound(format!("object {}", request.key)).into());
         };
@@ -692,7 +926,8 @@ impl pb::storage_service_server::StorageService for StorageApi {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        authz::require_read(caller(&request)?)?;
+        let identity = caller(&request)?.clone();
+        let bearer = bearer(&request);
         let request = request.into_inner();
         let mut violations = Violations::new();
         if let Some(problem) = keys::list_prefix_problem(&request.prefix) {
@@ -718,6 +953,13 @@ impl pb::storage_service_server::StorageService for StorageApi {
             }
         };
         violations.into_result()?;
+        authz::require(
+            authz::list_decision(&identity, &request.prefix),
+            &identity,
+            bearer.as_deref(),
+            self.inner.owners.as_ref(),
+        )
+        .await?;
         let (objects, next) = self
             .inner
             .store

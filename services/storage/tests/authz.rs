@@ -6,35 +6,9 @@ mod common;
 
 use common::*;
 use storemesh_proto::auth::v1::Role;
-use storemesh_proto::catalog::v1 as catalog_pb;
-use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use storemesh_proto::storage::v1 as pb;
 use storemesh_testkit::RedisServer;
 use tonic::Code;
-
-async fn create_product(mesh: &Mesh, token: &str, title: &str) -> String {
-    let channel = mesh.catalog.as_ref().unwrap().channel().await.unwrap();
-    CatalogServiceClient::new(channel)
-        .create_product(bearer(
-            catalog_pb::CreateProductRequest {
-                title: title.into(),
-                description: String::new(),
-                price: Some(catalog_pb::Money {
-                    amount_minor: 1999,
-                    currency_code: "EUR".into(),
-                }),
-                tags: Vec::new(),
-                request_id: String::new(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap()
-        .id
-}
 
 fn with<T>(token: Option<&str>, message: T) -> tonic::Request<T> {
     match token {
@@ -102,14 +76,25 @@ async fn every_call_needs_a_valid_token_and_readers_need_read_access() {
         assert_eq!(upload.code(), Code::Unauthenticated);
     }
 
-    // Any user reads; service accounts need storage.read.
+    // Admins and service accounts with storage.read read anything; users read only their own
+    // products' keys (see reads_follow_product_ownership).
     let (_, customer) = mesh.user("customer@example.com", Role::Customer).await;
     let (_, seller) = mesh.user("seller@example.com", Role::Seller).await;
-    for token in [&customer, &seller, &mesh.admin, &mesh.thumbnailer] {
+    for token in [&mesh.admin, &mesh.thumbnailer] {
         download(&mut client, token, "pub/x", 0, 0).await.unwrap();
         list_page(&mut client, token, "", 0, String::new())
             .await
             .unwrap();
+    }
+    for token in [&customer, &seller] {
+        let download = download(&mut client, token, "pub/x", 0, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(download.code(), Code::PermissionDenied);
+        let list = list_page(&mut client, token, "", 0, String::new())
+            .await
+            .unwrap_err();
+        assert_eq!(list.code(), Code::PermissionDenied);
     }
     for client_id in [BLIND_CLIENT, CLEANER_CLIENT] {
         let token = mesh.service_token(client_id).await;
@@ -324,4 +309,90 @@ async fn ownership_checks_fail_closed_when_the_catalog_is_down() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn reads_follow_product_ownership() {
+    let mesh = Mesh::start_full(RedisServer::start().unwrap(), Owners::RealCatalog, |_| {}).await;
+    let mut client = mesh.client().await;
+    let (_, alice) = mesh.user("alice@example.com", Role::Seller).await;
+    let (_, bob) = mesh.user("bob@example.com", Role::Seller).await;
+    let (_, carol) = mesh.user("carol@example.com", Role::Customer).await;
+    // A draft: only Alice (and admins, services) may see it.
+    let alices = create_product(&mesh, &alice, "Alice's lamp").await;
+    let original = format!("products/{alices}/originals/img-1");
+    let variant = format!("products/{alices}/thumbnails/img-1/w160.png");
+    upload(
+        &mut client,
+        &alice,
+        header(&original, "image/jpeg"),
+        &jpeg_bytes(5_000),
+    )
+    .await
+    .unwrap();
+    upload(
+        &mut client,
+        &mesh.thumbnailer,
+        header(&variant, "image/png"),
+        &png_bytes(500),
+    )
+    .await
+    .unwrap();
+    let own_prefixes = [
+        format!("products/{alices}/"),
+        format!("products/{alices}/originals/"),
+    ];
+
+    // The seller, admins and services with storage.read.
+    for token in [&alice, &mesh.admin, &mesh.thumbnailer] {
+        for key in [&original, &variant] {
+            download(&mut client, token, key, 0, 0).await.unwrap();
+            client
+                .stat(bearer(pb::StatRequest { key: key.clone() }, token))
+                .await
+                .unwrap();
+        }
+        for prefix in &own_prefixes {
+            let page = list_page(&mut client, token, prefix, 0, String::new())
+                .await
+                .unwrap();
+            assert!(!page.objects.is_empty(), "{prefix}");
+        }
+    }
+
+    // Another seller and a shopper: neither bytes, nor metadata, nor listings.
+    for token in [&bob, &carol] {
+        for key in [&original, &variant] {
+            let error = download(&mut client, token, key, 0, 0).await.unwrap_err();
+            assert_eq!(error.code(), Code::PermissionDenied, "{key}");
+            let error = client
+                .stat(bearer(pb::StatRequest { key: key.clone() }, token))
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Code::PermissionDenied, "{key}");
+        }
+        let prefixes = own_prefixes.iter().cloned().chain([
+            "".to_owned(),
+            "products/".to_owned(),
+            format!("products/{alices}"),
+        ]);
+        for prefix in prefixes {
+            let error = list_page(&mut client, token, &prefix, 0, String::new())
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Code::PermissionDenied, "{prefix:?}");
+        }
+    }
+    // Bob reads his own product, and only through a prefix naming it.
+    let bobs = create_product(&mesh, &bob, "Bob's chair").await;
+    let page = list_page(
+        &mut client,
+        &bob,
+        &format!("products/{bobs}/"),
+        0,
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert!(page.objects.is_empty());
 }

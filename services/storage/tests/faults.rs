@@ -136,7 +136,12 @@ async fn upload_abandoned_between_write_and_commit_is_collected() {
     let backend = Backend::open(&config).unwrap();
     let blob = Backend::blob_path(&ulid::Ulid::new().to_string());
     let begun = store
-        .begin(&blob, Duration::from_millis(500), None)
+        .begin(
+            &blob,
+            Duration::from_millis(500),
+            None,
+            &storemesh_storage::store::Slot::new("crashed", 4),
+        )
         .await
         .unwrap();
     assert_eq!(begun, Begin::Started);

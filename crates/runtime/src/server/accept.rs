@@ -13,9 +13,17 @@
 //! 2. every open connection is asked to finish: HTTP/2 sends `GOAWAY` and lets its streams end,
 //!    HTTP/1 closes after the response in progress;
 //! 3. after the grace period whatever is still open is cut (its tasks are aborted).
+//!
+//! Against clients that hold resources without using them (see [`ConnectionLimits`]): HTTP/1
+//! headers must arrive within `header_read_timeout`, an HTTP/2 connection carries at most
+//! `max_concurrent_streams` streams at once, and one client address holds at most
+//! `max_connections_per_address` connections (trusted proxies exempt); a connection over that
+//! cap is closed at once. Every request carries its [`ConnectionInfo`] in its extensions.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -25,6 +33,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::client::{ClientAddr, TrustedProxies};
+use crate::config::ServerConfig;
 use crate::shutdown::Shutdown;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,17 +62,52 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-/// The HTTP settings of the connections.
+/// The HTTP settings of the connections. Both get the [`ConnectionLimits`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HttpSettings {
-    /// hyper's defaults (the gateway and the edge runtime).
+    /// hyper's defaults otherwise (the gateway and the edge runtime).
     #[default]
     Hyper,
-    /// What `tonic::transport::Server` sets (the gRPC hosts): hyper's timers on (so the HTTP/1
-    /// header read timeout of 30 s applies), HTTP/2 keep-alive timeout 20 s, no limit on
-    /// concurrent or locally reset HTTP/2 streams.
+    /// What `tonic::transport::Server` sets otherwise (the gRPC hosts): HTTP/2 keep-alive
+    /// timeout 20 s, hyper's default windows and frame size.
     Tonic,
 }
+
+/// What one connection, and one client address, may hold (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// How long a client may take to send an HTTP/1 request's headers.
+    pub header_read_timeout: Duration,
+    /// Streams open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Connections open at once from one client address (IPv6: its /64).
+    pub max_connections_per_address: usize,
+    /// Peers exempt from the per-address connection cap.
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            max_concurrent_streams: config.max_concurrent_streams,
+            max_connections_per_address: config.max_connections_per_address,
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.iter().copied()),
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self::from_config(&ServerConfig::default())
+    }
+}
+
+/// Streams a client may reset before their handler accepted them (hyper's default) and
+/// streams the server may reset for protocol errors, per connection: bounds on the HTTP/2
+/// "rapid reset" and "made you reset" floods.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// How [`serve`] runs.
 #[derive(Clone)]
@@ -70,21 +115,34 @@ pub struct ServeOptions {
     grace: Duration,
     http: HttpSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnectionLimits,
 }
 
 impl ServeOptions {
-    /// Cleartext with hyper's HTTP settings; in-flight requests get `grace` to finish once
-    /// draining starts.
+    /// Cleartext with hyper's HTTP settings and the default [`ConnectionLimits`]; in-flight
+    /// requests get `grace` to finish once draining starts.
     pub fn new(grace: Duration) -> Self {
         Self {
             grace,
             http: HttpSettings::Hyper,
             tls: None,
+            limits: ConnectionLimits::default(),
         }
+    }
+
+    /// [`ServeOptions::new`] with the grace period and limits of `config`.
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self::new(Duration::from_millis(config.shutdown_grace_ms))
+            .limits(ConnectionLimits::from_config(config))
     }
 
     pub fn http(mut self, http: HttpSettings) -> Self {
         self.http = http;
+        self
+    }
+
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -101,27 +159,84 @@ impl ServeOptions {
 
     fn connection_builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The timer makes hyper's header read timeout (and HTTP/2 keep-alive) work at all.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
         if self.http == HttpSettings::Tonic {
             // As tonic 0.14's `Server::serve_internal` configures it, with its defaults.
             builder
                 .http2()
-                .timer(TokioTimer::new())
                 .initial_connection_window_size(None::<u32>)
                 .initial_stream_window_size(None::<u32>)
-                .max_concurrent_streams(None::<u32>)
                 .keep_alive_interval(None::<Duration>)
                 .keep_alive_timeout(Duration::from_secs(20))
                 .adaptive_window(false)
-                .max_pending_accept_reset_streams(None::<usize>)
-                .max_local_error_reset_streams(None::<usize>)
                 .max_frame_size(None::<u32>);
-            builder.http1().timer(TokioTimer::new());
         }
         builder
     }
 }
 
-/// The connection a service is made for.
+/// Open connections by client address, for `max_connections_per_address`. An address's entry
+/// is removed when its last connection closes, so the map holds open connections only.
+#[derive(Clone, Default)]
+struct ConnectionCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One counted connection; uncounts it when dropped (the connection's task ended).
+struct CountedConnection {
+    counts: ConnectionCounts,
+    key: IpAddr,
+}
+
+impl ConnectionCounts {
+    /// Counts a connection from `key`, or `None` when the address holds `max` already.
+    fn admit(&self, key: IpAddr, max: usize) -> Option<CountedConnection> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(key).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(CountedConnection {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.0.lock().map(|counts| counts.len()).unwrap_or_default()
+    }
+}
+
+impl Drop for CountedConnection {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The connection a service is made for; also in every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionInfo {
     /// The client's address.
@@ -164,6 +279,7 @@ where
     B::Error: Into<BoxError>,
 {
     let builder = options.connection_builder();
+    let counts = ConnectionCounts::default();
     let drain = Shutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -183,20 +299,45 @@ where
                         continue;
                     }
                 };
+                let limits = &options.limits;
+                let counted = if limits.trusted_proxies.contains(remote.ip()) {
+                    None
+                } else {
+                    let key = ClientAddr(remote.ip()).limit_key();
+                    match counts.admit(key, limits.max_connections_per_address) {
+                        Some(counted) => Some(counted),
+                        None => {
+                            // Dropping the stream closes it before anything is read.
+                            metrics::counter!("server_connections_refused_total").increment(1);
+                            tracing::debug!(peer = %remote, "too many connections from this address");
+                            continue;
+                        }
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let info = ConnectionInfo {
                     remote,
                     local: stream.local_addr().ok(),
                 };
-                let service = TowerToHyperService::new(make_service(info));
-                connections.spawn(connection(
+                let service = tower::ServiceBuilder::new()
+                    .map_request(move |mut request: http::Request<Incoming>| {
+                        request.extensions_mut().insert(info);
+                        request
+                    })
+                    .service(make_service(info));
+                let service = TowerToHyperService::new(service);
+                let task = connection(
                     builder.clone(),
                     stream,
                     options.tls.clone(),
                     service,
                     info,
                     drain.clone(),
-                ));
+                );
+                connections.spawn(async move {
+                    task.await;
+                    drop(counted);
+                });
             }
             // Reap finished connections so the set holds open ones only.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -436,6 +577,25 @@ mod tests {
         // The client sees its connection end without an answer.
         let answer = stuck.await.unwrap().unwrap_or_default();
         assert!(answer.is_empty(), "{answer}");
+    }
+
+    #[test]
+    fn connection_counts_cap_each_address_and_forget_closed_ones() {
+        let counts = ConnectionCounts::default();
+        let one: IpAddr = [192, 0, 2, 1].into();
+        let other: IpAddr = [192, 0, 2, 2].into();
+        let first = counts.admit(one, 2).expect("first");
+        let second = counts.admit(one, 2).expect("second");
+        assert!(counts.admit(one, 2).is_none(), "over the cap");
+        let elsewhere = counts.admit(other, 2).expect("another address");
+        drop(first);
+        let again = counts.admit(one, 2).expect("a place was freed");
+        drop((second, again, elsewhere));
+        assert_eq!(
+            counts.addresses(),
+            0,
+            "no state for addresses without connections"
+        );
     }
 
     #[tokio::test]

@@ -2,9 +2,17 @@
 //! [`crate::metrics`]), `/healthz` (alive) and `/readyz` (200 `ready` while [`ReadyState`] says
 //! so, otherwise 503 with the reason). It also keeps the recorder's histograms trimmed while it
 //! runs, and it is the last thing a process closes.
+//!
+//! Readiness includes load: while the process sheds calls at its global concurrency limit
+//! ([`crate::shed::Load`], watched with [`ReadyState::watch_load`]) it says `overloaded`, and
+//! gRPC health following it ([`follow_ready`]) says `NOT_SERVING`, so an orchestrator or the
+//! mesh's clients can send traffic elsewhere until it recovers.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -12,7 +20,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::metrics::prometheus;
+use crate::shed::Load;
 use crate::shutdown::Shutdown;
+
+/// What readiness says while calls are shed at the global limit.
+pub const OVERLOADED: &str = "overloaded";
+
+/// How often [`follow_ready`] looks at the readiness state.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The `content-type` of `/metrics` (Prometheus text format).
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -20,9 +35,13 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// How often the recorder's upkeep runs (trims the histograms between scrapes).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What readiness currently says, shared with `/readyz`: `None` when ready, otherwise why not.
+/// What readiness currently says, shared with `/readyz`: `None` when ready, otherwise why not
+/// (a reason set by the process, else [`OVERLOADED`] while a watched [`Load`] is overloaded).
 #[derive(Clone, Default)]
-pub struct ReadyState(Arc<Mutex<Option<String>>>);
+pub struct ReadyState {
+    reason: Arc<Mutex<Option<String>>>,
+    loads: Arc<Mutex<Vec<Load>>>,
+}
 
 impl ReadyState {
     /// Not ready (yet) for `reason`.
@@ -33,16 +52,70 @@ impl ReadyState {
     }
 
     pub fn set(&self, not_ready_reason: Option<String>) {
-        if let Ok(mut guard) = self.0.lock() {
+        if let Ok(mut guard) = self.reason.lock() {
             *guard = not_ready_reason;
         }
     }
 
+    /// Reports [`OVERLOADED`] while `load` is (the listener's `GrpcLayer::load`).
+    pub fn watch_load(&self, load: Load) {
+        if let Ok(mut loads) = self.loads.lock() {
+            loads.push(load);
+        }
+    }
+
     pub fn get(&self) -> Option<String> {
-        self.0
+        let reason = self
+            .reason
             .lock()
             .map(|guard| guard.clone())
-            .unwrap_or_else(|_| Some("readiness state unavailable".into()))
+            .unwrap_or_else(|_| Some("readiness state unavailable".into()));
+        if reason.is_some() {
+            return reason;
+        }
+        let overloaded = self
+            .loads
+            .lock()
+            .map(|loads| loads.iter().any(Load::overloaded))
+            .unwrap_or_default();
+        overloaded.then(|| OVERLOADED.to_owned())
+    }
+}
+
+/// Keeps gRPC health (the whole server, `""`, and each of `services`) following `ready`:
+/// `SERVING` while ready, `NOT_SERVING` otherwise. Runs until its task is dropped or aborted
+/// (after the drain, so it keeps saying `NOT_SERVING` while the process shuts down).
+pub async fn follow_ready(
+    ready: ReadyState,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+) {
+    let mut last: Option<Option<String>> = None;
+    let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = ready.get();
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let status = if now.is_none() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        match (&last, now.as_deref()) {
+            (_, Some(OVERLOADED)) => tracing::warn!("overloaded: shedding calls at the limit"),
+            (Some(Some(previous)), None) if previous == OVERLOADED => {
+                tracing::info!("no longer overloaded");
+            }
+            _ => {}
+        }
+        reporter.set_service_status("", status).await;
+        for name in &services {
+            reporter.set_service_status(*name, status).await;
+        }
+        last = Some(now);
     }
 }
 

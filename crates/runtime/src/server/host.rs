@@ -21,7 +21,7 @@ use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
 use super::accept::{BindError, HttpSettings, ServeOptions, bind, serve};
-use super::admin::{AdminServer, ReadyState};
+use super::admin::{AdminServer, ReadyState, follow_ready};
 use super::layers::{GrpcLayer, tonic_connection};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::ServerConfig;
@@ -92,8 +92,10 @@ impl ServiceHostBuilder {
         self
     }
 
-    /// Registers an encoded `FileDescriptorSet` describing the added services (for reflection).
+    /// Registers an encoded `FileDescriptorSet` describing the added services (for reflection,
+    /// and so their methods get their own metric labels).
     pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        crate::observe::register_methods(encoded);
         self.descriptor_sets.push(encoded);
         self
     }
@@ -180,13 +182,19 @@ impl ServiceHost {
         let ready = ReadyState::not_ready("starting");
         let stop = Shutdown::on(shutdown);
 
+        let layer = GrpcLayer::new(&config);
+        ready.watch_load(layer.load());
         let readiness = tokio::spawn(watch_readiness(
             self.builder.readiness.clone(),
-            reporter.clone(),
-            service_names.clone(),
             ready.clone(),
             Duration::from_millis(config.readiness_interval_ms),
             stop.clone(),
+        ));
+        // Health follows readiness (checks, overload, shutdown) until the host has stopped.
+        let health = tokio::spawn(follow_ready(
+            ready.clone(),
+            reporter.clone(),
+            service_names.clone(),
         ));
         let admin = AdminServer::spawn(self.admin, ready.clone());
 
@@ -208,7 +216,7 @@ impl ServiceHost {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         let service = ServiceBuilder::new()
-            .layer(GrpcLayer::new(config.concurrency_limit))
+            .layer(layer)
             .option_layer(self.builder.authenticator.clone().map(AuthLayer::new))
             .service(routes.routes().prepare());
 
@@ -218,8 +226,7 @@ impl ServiceHost {
             services = ?service_names,
             "serving"
         );
-        let options = ServeOptions::new(Duration::from_millis(config.shutdown_grace_ms))
-            .http(HttpSettings::Tonic);
+        let options = ServeOptions::from_config(&config).http(HttpSettings::Tonic);
         serve(
             self.grpc,
             options,
@@ -230,6 +237,7 @@ impl ServiceHost {
         stop.trigger();
         admin.stop().await;
         let _ = readiness.await;
+        health.abort();
         tracing::info!(service = %name, "stopped");
         Ok(())
     }
@@ -246,10 +254,9 @@ async fn set_all(reporter: &HealthReporter, names: &[&'static str], status: Serv
     }
 }
 
+/// Runs the readiness checks every `interval` into `ready` (which health follows).
 async fn watch_readiness(
     checks: Vec<Arc<dyn ReadinessCheck>>,
-    reporter: HealthReporter,
-    names: Vec<&'static str>,
     ready: ReadyState,
     interval: Duration,
     stop: Shutdown,
@@ -271,12 +278,6 @@ async fn watch_readiness(
                 None => tracing::info!("ready"),
                 Some(why) => tracing::warn!(reason = %why, "not ready"),
             }
-            let status = if reason.is_none() {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_all(&reporter, &names, status).await;
             ready.set(reason.clone());
             last = Some(reason);
         }

@@ -312,6 +312,50 @@ impl Client {
         Ok(())
     }
 
+    /// Ends every session of the account on the server (all devices), then forgets this one.
+    pub async fn logout_all(&self) -> anyhow::Result<()> {
+        let session = self.session().await?;
+        self.auth()
+            .logout_all(self.request(auth::LogoutAllRequest {}, Some(&session.access_token))?)
+            .await
+            .map_err(|status| call_error("signing out everywhere", &status))?;
+        session::remove(&self.session_path)?;
+        if !self.opts.json {
+            println!("signed out everywhere");
+        } else {
+            println!("{}", serde_json::json!({"signed_out": true, "all": true}));
+        }
+        Ok(())
+    }
+
+    /// Changes the password; the server ends the other sessions and this one continues with the
+    /// fresh tokens it returns.
+    pub async fn change_password(&self, old: String, new: String) -> anyhow::Result<()> {
+        let mut session = self.session().await?;
+        let tokens = self
+            .auth()
+            .change_password(self.request(
+                auth::ChangePasswordRequest {
+                    old_password: old,
+                    new_password: new,
+                },
+                Some(&session.access_token),
+            )?)
+            .await
+            .map_err(|status| call_error("changing the password", &status))?
+            .into_inner()
+            .tokens
+            .context("the auth service answered ChangePassword without tokens")?;
+        apply_tokens(&mut session, &tokens);
+        session::save(&self.session_path, &session)?;
+        if !self.opts.json {
+            println!("password changed; other sessions signed out");
+        } else {
+            println!("{}", serde_json::json!({"password_changed": true}));
+        }
+        Ok(())
+    }
+
     pub async fn products(&self, command: ProductsCommand) -> anyhow::Result<()> {
         let session = self.session().await?;
         let token = Some(session.access_token.as_str());

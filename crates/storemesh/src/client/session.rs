@@ -44,18 +44,75 @@ pub fn default_path() -> PathBuf {
     base.join("storemesh").join("session.json")
 }
 
-pub fn load(path: &Path) -> anyhow::Result<Option<Session>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{} is not a valid session file", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
-    }
+/// Whether `error` is the kernel refusing to open a symlink with `O_NOFOLLOW` (`ELOOP`).
+fn is_symlink_refusal(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32)
 }
 
-/// Writes the session atomically (temporary file + rename) with mode 0600: it holds bearer
-/// tokens.
+pub fn load(path: &Path) -> anyhow::Result<Option<Session>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    // Never through a symlink: someone who could plant one would choose what we read.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if is_symlink_refusal(&error) => {
+            anyhow::bail!(
+                "{} is a symbolic link; refusing to read a session through it",
+                path.display()
+            )
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{} is not a valid session file", path.display()))
+}
+
+/// Makes sure `dir` exists, belongs to this user and is private (0700): created so when
+/// missing; an existing one that others can enter is tightened when it is ours and refused when
+/// it is not (whoever owns it could swap the session file).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let metadata =
+        std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    if !metadata.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    if metadata.uid() != nix::unistd::getuid().as_raw() {
+        anyhow::bail!(
+            "{} belongs to another user; refusing to keep a session there",
+            dir.display()
+        );
+    }
+    if metadata.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes the session atomically into a private directory: a new temporary file created
+/// exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600: it holds bearer tokens), then renamed
+/// over the session file. A symlink at the session path is refused, never followed.
 pub fn save(path: &Path, session: &Session) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -64,20 +121,36 @@ pub fn save(path: &Path, session: &Session) -> anyhow::Result<()> {
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temporary = dir.join(format!(".session-{}.tmp", std::process::id()));
+    private_dir(dir)?;
+    if std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_symlink()) {
+        anyhow::bail!(
+            "{} is a symbolic link; refusing to write the session through it (remove it first)",
+            path.display()
+        );
+    }
+    let mut random = [0_u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+    let suffix: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    let temporary = dir.join(format!(".session-{}-{suffix}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(session)?)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    let written = serde_json::to_vec_pretty(session)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(file.write_all(&bytes)?))
+        .and_then(|()| Ok(file.sync_all()?))
+        .and_then(|()| {
+            std::fs::rename(&temporary, path)
+                .with_context(|| format!("cannot write {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 pub fn remove(path: &Path) -> anyhow::Result<()> {
@@ -112,6 +185,51 @@ mod tests {
         assert!(!session.access_is_fresh(971));
         assert!(session.refresh_is_valid(4_999));
         assert!(!session.refresh_is_valid(5_000));
+    }
+
+    /// Issue 20, item 10: a symlink planted at the session path is neither followed nor
+    /// replaced; the file is 0600 in a 0700 directory, and an open directory is tightened.
+    #[test]
+    fn a_planted_symlink_is_refused_and_the_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("storemesh");
+        let path = private.join("session.json");
+        save(&path, &session()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&private), 0o700);
+        assert_eq!(mode(&path), 0o600);
+
+        // Someone points the session path at a file of their choosing.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "do not touch").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let refused = save(&path, &session()).unwrap_err().to_string();
+        assert!(refused.contains("symbolic link"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "do not touch");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "left as it was"
+        );
+        let refused = load(&path).unwrap_err().to_string();
+        assert!(refused.contains("symbolic link"), "{refused}");
+        std::fs::remove_file(&path).unwrap();
+
+        // A directory others may enter is made private before the session goes in.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o777)).unwrap();
+        save(&path, &session()).unwrap();
+        assert_eq!(mode(&private), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&private)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["session.json"]);
     }
 
     #[test]

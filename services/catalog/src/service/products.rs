@@ -165,6 +165,13 @@ pub(super) async fn create(
         commit.expect_absent("request", key.clone());
         commit.set_with_ttl(key, REQUEST_ID_TTL_SECS, &product.id);
     }
+    // After the request-id guard, so a repeated request is answered as a repeat even when the
+    // seller is at the limit. The seller's index is the count: deletes leave it at once.
+    commit.expect_fewer_than(
+        "quota",
+        keys::seller_products(&product.seller_id),
+        api.max_products_per_seller,
+    );
     commit.put_hash(keys::product(&product.id), product.to_fields());
     commit.relist(None, Some(&product));
     match api.store.commit(commit).await? {
@@ -177,6 +184,17 @@ pub(super) async fn create(
             return Ok(Response::new(pb::CreateProductResponse {
                 product: Some(product.to_proto()),
             }));
+        }
+        Outcome::Refused(tag) if tag == "quota" => {
+            tracing::info!(seller = %product.seller_id, limit = api.max_products_per_seller, "product quota reached");
+            return Err(ServiceError::ResourceExhausted {
+                message: format!(
+                    "seller {} already has {} products, the most allowed (catalog.max_products_per_seller); delete some first",
+                    product.seller_id, api.max_products_per_seller
+                ),
+                retry_after: None,
+            }
+            .into());
         }
         Outcome::Refused(tag) => {
             return Err(ServiceError::internal(format!("create refused by guard {tag}")).into());

@@ -103,13 +103,20 @@ pub(super) async fn watch_product(
     api: &CatalogApi,
     request: Request<pb::WatchProductRequest>,
 ) -> Result<Response<WatchStream>, Status> {
-    authz::require_reader(caller(&request)?)?;
+    let identity = caller(&request)?;
+    authz::require_reader(identity)?;
+    let subject = identity.subject.clone();
     let request = request.into_inner();
     let mut violations = Violations::new();
     check_id(&mut violations, "product_id", &request.product_id);
     violations.into_result()?;
     // Register first, then read: see `crate::watch` for why nothing falls in between.
-    let subscription = api.hub.subscribe(&request.product_id, api.watch_buffer)?;
+    let subscription = api.hub.subscribe(
+        &request.product_id,
+        api.watch_buffer,
+        &subject,
+        api.max_watch_streams_per_identity,
+    )?;
     let snapshot = api
         .store
         .snapshot(&request.product_id, request.send_initial)

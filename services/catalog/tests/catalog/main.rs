@@ -10,6 +10,7 @@ mod image_urls;
 mod images;
 mod list_images;
 mod products;
+mod quotas;
 mod storefront;
 mod validation;
 mod watch;

@@ -1,5 +1,6 @@
-//! The gauge loop: dead letters, scheduled retries, and the consumer group's lag and pending
-//! count, read from Redis every `claim_interval_ms` (at most 5 s).
+//! The gauge loop: dead letters, scheduled retries, the consumer group's lag and pending
+//! count, and Redis's memory against its `maxmemory` (for the alert before Redis is full),
+//! read from Redis every `claim_interval_ms` (at most 5 s).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,13 @@ impl Inner {
     }
 
     pub(crate) async fn update_gauges(&self) -> redis::RedisResult<()> {
+        // The dispatcher runs in every deployment and already reads Redis on a loop, so it
+        // reports Redis's memory too: no exporter to deploy next to a managed Redis.
+        let memory = storemesh_runtime::redis::memory(&self.redis).await?;
+        ::metrics::gauge!(metrics::REDIS_USED_MEMORY).set(memory.used_bytes as f64);
+        ::metrics::gauge!(metrics::REDIS_MAXMEMORY).set(memory.max_bytes as f64);
+        ::metrics::gauge!(metrics::REDIS_NOEVICTION)
+            .set(f64::from(u8::from(memory.is_noeviction())));
         let mut redis = self.redis.clone();
         let (dlq, retries, groups): (u64, u64, redis::Value) = redis::pipe()
             .cmd("XLEN")

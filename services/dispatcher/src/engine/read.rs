@@ -175,8 +175,13 @@ impl Inner {
                 };
                 tracing::error!(entry = %entry.id, "undecodable stream entry dead-lettered");
                 metrics::delivered("-", "dead_letter");
-                pipe.xadd(&self.config.dlq_stream, "*", &letter.fields())
-                    .ignore();
+                pipe.xadd_maxlen(
+                    &self.config.dlq_stream,
+                    self.dlq_cap(),
+                    "*",
+                    &letter.fields(),
+                )
+                .ignore();
             }
         }
         pipe.xack(&self.config.stream, &self.config.group, &[&entry.id])
@@ -224,8 +229,13 @@ impl Inner {
                 letter.last_error = error.clone();
                 letter.first_attempt_ms = first_attempt_ms;
                 letter.source_entry = source_entry.to_owned();
-                pipe.xadd(&self.config.dlq_stream, "*", &letter.fields())
-                    .ignore();
+                pipe.xadd_maxlen(
+                    &self.config.dlq_stream,
+                    self.dlq_cap(),
+                    "*",
+                    &letter.fields(),
+                )
+                .ignore();
             }
         }
     }

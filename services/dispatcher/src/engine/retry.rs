@@ -103,7 +103,8 @@ impl Inner {
                 .key(&self.config.retry_key)
                 .key(&self.config.dlq_stream)
                 .arg(member)
-                .arg(mode);
+                .arg(mode)
+                .arg(self.config.dlq_max_entries);
             invocation
         };
         let Some(task) = RetryTask::parse(member) else {

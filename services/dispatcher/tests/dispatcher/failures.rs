@@ -317,3 +317,150 @@ async fn an_event_without_a_commit_time_is_not_judged_too_old() {
     assert!(dlq(&mut redis).await.is_empty());
     dispatcher.stop().await;
 }
+
+/// Issue 20, item 5: a target that refuses everything cannot grow the dead-letter stream
+/// without bound, on any of the three paths that append to it (a final answer, retries
+/// exhausted, an undecodable entry).
+#[tokio::test]
+async fn the_dead_letter_stream_stays_bounded() {
+    use storemesh_dispatcher::config::RouteConfig;
+
+    const CAP: u64 = 10;
+    // Small stream nodes, so the approximate trim (whole nodes) stays close to the cap.
+    const NODE: u64 = 5;
+    const EACH: usize = 40;
+    let server = RedisServer::start().unwrap();
+    let mut redis = redis(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("stream-node-max-entries")
+        .arg(NODE)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let refusing = HttpTarget::start().await;
+    refusing.answer_by_default(Answer::Status(422, "never"));
+    let failing = HttpTarget::start().await;
+    failing.answer_by_default(Answer::Status(500, "down"));
+    let mut config = config(&refusing.url("/refused"));
+    config.dlq_max_entries = CAP;
+    config.targets.insert(
+        "failing".into(),
+        storemesh_dispatcher::config::TargetConfig {
+            max_attempts: Some(2),
+            ..http_target(&failing.url("/failing"))
+        },
+    );
+    config.routes = vec![
+        RouteConfig {
+            name: "refused".into(),
+            key_prefix: "refused/".into(),
+            target: "fn".into(),
+            ..RouteConfig::default()
+        },
+        RouteConfig {
+            name: "failing".into(),
+            key_prefix: "failing/".into(),
+            target: "failing".into(),
+            ..RouteConfig::default()
+        },
+    ];
+    let dispatcher = Running::start(settings(&server, config)).await;
+    for n in 0..EACH {
+        publish(
+            &mut redis,
+            &created(&format!("refused/{n}"), &[], "image/jpeg"),
+        )
+        .await;
+        publish(
+            &mut redis,
+            &created(&format!("failing/{n}"), &[], "image/jpeg"),
+        )
+        .await;
+        let _: String = redis
+            .xadd(STREAM, "*", &[("event", &b"\xff not protobuf"[..])])
+            .await
+            .unwrap();
+    }
+    eventually(
+        "every event is dead-lettered",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            let (refused, failed) = (refusing.received().len(), failing.received().len());
+            async move {
+                let retries: u64 = redis.zcard("dispatcher:retries").await.unwrap();
+                refused == EACH
+                    && failed == 2 * EACH
+                    && retries == 0
+                    && pending(&mut redis).await == 0
+            }
+        },
+    )
+    .await;
+    let length: u64 = redis.xlen(DLQ).await.unwrap();
+    assert!(
+        (CAP..=CAP + NODE).contains(&length),
+        "{} dead letters appended, the stream holds {length}, the cap is ~{CAP}",
+        3 * EACH
+    );
+    // The oldest went first: the first refusal is no longer there.
+    let letters = dlq(&mut redis).await;
+    assert!(
+        !letters.iter().any(|letter| letter["key"] == "refused/0"),
+        "{letters:?}"
+    );
+    dispatcher.stop().await;
+}
+
+/// Issue 20, item 5: Redis's memory against its limit is on /metrics (the alert
+/// StoremeshRedisMemoryHigh fires before a `noeviction` Redis starts refusing writes).
+#[tokio::test]
+async fn redis_memory_and_its_limit_are_reported() {
+    let server = RedisServer::start().unwrap();
+    let mut redis = redis(&server).await;
+    for (name, value) in [("maxmemory", "64mb"), ("maxmemory-policy", "noeviction")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let target = HttpTarget::start().await;
+    let dispatcher = Running::start(settings(&server, config(&target.url("/fn")))).await;
+    eventually(
+        "the Redis gauges are exported",
+        Duration::from_secs(20),
+        || async {
+            let metrics = dispatcher.metrics().await;
+            metrics.contains("dispatcher_redis_maxmemory_bytes 67108864")
+                && metrics.contains("dispatcher_redis_noeviction 1")
+                && metrics.lines().any(|line| {
+                    line.starts_with("dispatcher_redis_used_memory_bytes ") && !line.ends_with(" 0")
+                })
+        },
+    )
+    .await;
+    // A policy that evicts is reported as such.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    eventually(
+        "the eviction policy is reported",
+        Duration::from_secs(20),
+        || async {
+            dispatcher
+                .metrics()
+                .await
+                .contains("dispatcher_redis_noeviction 0")
+        },
+    )
+    .await;
+    dispatcher.stop().await;
+}

@@ -238,6 +238,33 @@ impl Mesh {
     }
 }
 
+/// Creates a product in the real catalog (`mesh.catalog`) as the seller behind `token`.
+pub async fn create_product(mesh: &Mesh, token: &str, title: &str) -> String {
+    use storemesh_proto::catalog::v1 as catalog_pb;
+    use storemesh_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+    let channel = mesh.catalog.as_ref().unwrap().channel().await.unwrap();
+    CatalogServiceClient::new(channel)
+        .create_product(bearer(
+            catalog_pb::CreateProductRequest {
+                title: title.into(),
+                description: String::new(),
+                price: Some(catalog_pb::Money {
+                    amount_minor: 1999,
+                    currency_code: "EUR".into(),
+                }),
+                tags: Vec::new(),
+                request_id: String::new(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .id
+}
+
 /// The real auth service, in-process.
 pub async fn start_auth(redis: &RedisServer) -> (RunningHost, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
