@@ -359,6 +359,80 @@ async fn seed_scenario_through_the_client_commands() {
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 401);
+
+    sessions_end_with_change_password_and_logout_all(&up, &session);
+}
+
+/// `storemesh change-password` ends the account's other sessions (their access tokens too,
+/// not only their refresh tokens) and keeps this one; `storemesh logout --all` ends every one.
+fn sessions_end_with_change_password_and_logout_all(up: &Up, session: &Path) {
+    let email = "seller@example.com";
+    let login = |path: &Path, password: &str| {
+        up.cli(
+            path,
+            &["login", "--email", email, "--json"],
+            Some(&format!("{password}\n")),
+        )
+    };
+    let creates = |path: &Path| {
+        up.cli(
+            path,
+            &["products", "create", "--title", "Check", "--json"],
+            None,
+        )
+        .status
+        .success()
+    };
+    // Services re-check a cached token's revocation at least every
+    // `tokens.revocation_check_interval_ms` (1 s): refused within a few seconds.
+    let refused_soon = |path: &Path| {
+        (0..20).any(|_| {
+            let refused = !creates(path);
+            if !refused {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            refused
+        })
+    };
+    let other_device = up.data.path().join("other-device.json");
+    assert!(
+        login(&other_device, "a good long password")
+            .status
+            .success()
+    );
+    assert!(creates(&other_device));
+
+    up.cli_json(
+        session,
+        &[
+            "change-password",
+            "--password",
+            "a good long password",
+            "--new-password",
+            "an even better password",
+            "--json",
+        ],
+        None,
+    );
+    assert!(creates(session), "this session continues");
+    assert!(
+        refused_soon(&other_device),
+        "the other device's unexpired access token stops working"
+    );
+    assert!(
+        !login(&other_device, "a good long password")
+            .status
+            .success()
+    );
+    assert!(
+        login(&other_device, "an even better password")
+            .status
+            .success()
+    );
+    assert!(creates(&other_device));
+
+    up.cli_json(session, &["logout", "--all", "--json"], None);
+    assert!(refused_soon(&other_device), "signed out everywhere");
 }
 
 /// A developer's own edge (`storemesh up --edge-url`, then the printed `spin up` command in

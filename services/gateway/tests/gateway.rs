@@ -45,7 +45,8 @@ async fn mesh(adjust: impl FnOnce(&mut GatewayConfig)) -> Mesh {
     let redis = RedisServer::start().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let mut auth_settings = testing::auth_settings(&redis.url(), keys.path());
-    auth_settings.auth.trust_forwarded_for = true;
+    // The gateway is auth's trusted proxy: auth counts the client the gateway forwards.
+    auth_settings.auth.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     let auth = RunningHost::spawn(storemesh_auth::build(auth_settings).await.unwrap()).unwrap();
     let echo = RunningHost::spawn(echo::host(test_server()).bind().await.unwrap()).unwrap();
 
