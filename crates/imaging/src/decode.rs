@@ -156,6 +156,9 @@ fn decode_with_image(
         return Err(ImagingError::MemoryLimit { max: max_alloc });
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    // For an animated GIF or WebP this reads the first frame only (the decoders' `read_image`
+    // composes frame one onto the logical screen / canvas and stops; the frame count was
+    // checked before), into a buffer of the screen's size reserved above.
     let image =
         DynamicImage::from_decoder(decoder).map_err(|e| ImagingError::from_image(e, max_alloc))?;
     let image = match image {

@@ -20,6 +20,13 @@ pub enum ImagingError {
     /// The encoded input is larger than the byte limit.
     #[error("the image is {bytes} bytes, more than the limit of {max} bytes")]
     TooLarge { bytes: u64, max: u64 },
+    /// An animation with more frames than the frame limit (counted from the container's
+    /// structure, before decoding; counting stops just past the limit, so `frames_at_least`
+    /// is `limit + 1`).
+    #[error(
+        "the image is an animation of at least {frames_at_least} frames, more than the limit of {limit} frames (only the first frame is used for thumbnails)"
+    )]
+    TooManyFrames { frames_at_least: u32, limit: u32 },
     /// Decoding would need more memory than the allocation limit.
     #[error("decoding the image would need more than {max} bytes of memory")]
     MemoryLimit { max: u64 },
@@ -54,6 +61,7 @@ impl ImagingError {
             Self::Truncated(_) => "truncated",
             Self::TooManyPixels { .. } => "too_many_pixels",
             Self::TooLarge { .. } => "too_large",
+            Self::TooManyFrames { .. } => "too_many_frames",
             Self::MemoryLimit { .. } => "memory_limit",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::Encode(_) => "encode",
@@ -104,5 +112,16 @@ mod tests {
         assert!(ImagingError::TooLarge { bytes: 2, max: 1 }.is_permanent());
         assert!(ImagingError::Truncated("x".into()).is_input_error());
         assert!(!ImagingError::InvalidSpec("x".into()).is_input_error());
+        let frames = ImagingError::TooManyFrames {
+            frames_at_least: 1001,
+            limit: 1000,
+        };
+        assert!(frames.is_permanent() && frames.is_input_error());
+        assert_eq!(frames.kind(), "too_many_frames");
+        assert!(
+            frames
+                .to_string()
+                .contains("more than the limit of 1000 frames")
+        );
     }
 }

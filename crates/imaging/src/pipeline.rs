@@ -147,6 +147,9 @@ pub fn make_thumbnails(
         other => other?,
     };
     limits.check_pixels(header.width, header.height)?;
+    // Animations: refuse a frame bomb from the structure alone; the decoder reads only the
+    // first frame.
+    limits.check_frames(input, header.format)?;
 
     let largest_size = spec.sizes.iter().copied().max().unwrap_or(1);
     // The header's stored dimensions; the orientation is only known after decoding, so ask the

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use image::{ImageEncoder, Rgb, RgbImage, Rgba, RgbaImage};
 use storemesh_imaging::{
-    ImageFormat, ImagingError, Limits, ThumbnailSpec, make_thumbnails, probe, sniff,
+    ImageFormat, ImagingError, Limits, ThumbnailSpec, frame_count, make_thumbnails, probe, sniff,
 };
 
 // ---------------------------------------------------------------- input makers
@@ -313,6 +313,279 @@ fn animated_gif_uses_its_first_frame() {
         g > 150 && r < 60 && b < 60,
         "first frame is green: {r},{g},{b}"
     );
+}
+
+// ---------------------------------------------------------------- animations
+
+const RED: [u8; 3] = [220, 20, 20];
+const GREEN: [u8; 3] = [20, 200, 20];
+const BLUE: [u8; 3] = [20, 20, 220];
+
+/// The average colour of a JPEG thumbnail.
+fn average_colour(jpeg: &[u8]) -> [u32; 3] {
+    let (width, height, pixels) = decode_jpeg(jpeg);
+    let count = u64::from(width) * u64::from(height);
+    let mut sums = [0u64; 3];
+    for pixel in pixels.chunks_exact(3) {
+        for (sum, &value) in sums.iter_mut().zip(pixel) {
+            *sum += u64::from(value);
+        }
+    }
+    sums.map(|sum| (sum / count) as u32)
+}
+
+fn assert_colour(thumbs: &[storemesh_imaging::Thumbnail], expected: [u8; 3]) {
+    for thumb in thumbs {
+        let average = average_colour(&thumb.bytes);
+        for (got, want) in average.iter().zip(expected) {
+            assert!(
+                got.abs_diff(u32::from(want)) <= 12,
+                "{}: average {average:?}, expected {expected:?}",
+                thumb.name
+            );
+        }
+    }
+}
+
+/// A RIFF chunk, padded to an even length.
+fn riff_chunk(out: &mut Vec<u8>, fourcc: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(fourcc);
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    if data.len() % 2 == 1 {
+        out.push(0);
+    }
+}
+
+fn u24(value: u32) -> [u8; 3] {
+    let [a, b, c, _] = value.to_le_bytes();
+    [a, b, c]
+}
+
+/// An animated WebP: each frame a lossless still (made with `image`'s encoder) of one solid
+/// colour, its `VP8L` chunk wrapped in an `ANMF` chunk, inside `RIFF`/`VP8X` (animation
+/// flag) with an `ANIM` chunk.
+fn animated_webp(width: u32, height: u32, colors: &[[u8; 3]]) -> Vec<u8> {
+    let mut body = b"WEBP".to_vec();
+    let mut vp8x = vec![0x02, 0, 0, 0]; // flags: animation; reserved
+    vp8x.extend_from_slice(&u24(width - 1));
+    vp8x.extend_from_slice(&u24(height - 1));
+    riff_chunk(&mut body, b"VP8X", &vp8x);
+    riff_chunk(&mut body, b"ANIM", &[0, 0, 0, 0, 0, 0]); // background, loop forever
+    for color in colors {
+        let still = RgbImage::from_pixel(width, height, Rgb(*color));
+        let mut encoded = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut encoded)
+            .write_image(
+                still.as_raw(),
+                width,
+                height,
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        assert_eq!(&encoded[12..16], b"VP8L", "a simple lossless WebP");
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&u24(0)); // x / 2
+        frame.extend_from_slice(&u24(0)); // y / 2
+        frame.extend_from_slice(&u24(width - 1));
+        frame.extend_from_slice(&u24(height - 1));
+        frame.extend_from_slice(&u24(100)); // duration, ms
+        frame.push(0b10); // do not blend, no disposal
+        frame.extend_from_slice(&encoded[12..]); // the VP8L chunk as it is
+        riff_chunk(&mut body, b"ANMF", &frame);
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A GIF of `frames` 1x1 frames written by hand (header, screen, 2-colour table, then a
+/// graphic control extension and an image per frame, trailer): a frame bomb costs 23 bytes a
+/// frame.
+fn one_pixel_frames(frames: usize) -> Vec<u8> {
+    let mut gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\0\0\0\xff\xff\xff".to_vec();
+    for _ in 0..frames {
+        gif.extend_from_slice(b"\x21\xF9\x04\x00\x0A\x00\x00\x00");
+        gif.extend_from_slice(b"\x2C\0\0\0\0\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00");
+    }
+    gif.push(0x3B);
+    gif
+}
+
+#[test]
+fn animated_gif_thumbnails_show_the_first_frame() {
+    let input = gif(300, 200, &[RED, GREEN, BLUE]);
+    assert_eq!(frame_count(&input, ImageFormat::Gif, 1000), Ok(3));
+    let thumbs = thumbnails(&input);
+    assert_eq!(
+        sizes(&thumbs),
+        [("w160", 160, 107), ("w320", 300, 200), ("w640", 300, 200)]
+    );
+    assert_colour(&thumbs, RED);
+    // The first frame decides whatever the others are.
+    assert_colour(&thumbnails(&gif(300, 200, &[BLUE, RED, GREEN])), BLUE);
+}
+
+#[test]
+fn animated_webp_thumbnails_show_the_first_frame() {
+    let input = animated_webp(240, 160, &[GREEN, RED, BLUE]);
+    assert_eq!(frame_count(&input, ImageFormat::Webp, 1000), Ok(3));
+    let thumbs = thumbnails(&input);
+    assert_eq!(
+        sizes(&thumbs),
+        [("w160", 160, 107), ("w320", 240, 160), ("w640", 240, 160)]
+    );
+    assert!(thumbs.iter().all(|t| t.format == ImageFormat::Jpeg));
+    assert_colour(&thumbs, GREEN);
+    assert_colour(&thumbnails(&animated_webp(240, 160, &[BLUE, GREEN])), BLUE);
+}
+
+#[test]
+fn stills_are_one_frame() {
+    let rgba = RgbaImage::from_fn(40, 30, |x, y| Rgba([x as u8, y as u8, 1, 255]));
+    assert_eq!(frame_count(&webp(&rgba), ImageFormat::Webp, 0), Ok(1));
+    assert_eq!(frame_count(&png_rgba(&rgba), ImageFormat::Png, 0), Ok(1));
+    assert_eq!(
+        frame_count(&jpeg(&photo(40, 30), 80, None, false), ImageFormat::Jpeg, 0),
+        Ok(1)
+    );
+    assert_eq!(
+        frame_count(&gif(40, 30, &[RED]), ImageFormat::Gif, 0),
+        Ok(1)
+    );
+    // A one-frame limit takes every still.
+    let limits = Limits {
+        max_frames: 1,
+        ..Limits::default()
+    };
+    let spec = ThumbnailSpec::default();
+    assert!(make_thumbnails(&gif(40, 30, &[RED]), &spec, &limits).is_ok());
+    assert!(make_thumbnails(&webp(&rgba), &spec, &limits).is_ok());
+}
+
+#[test]
+fn gif_frame_bombs_are_refused_from_the_structure() {
+    let limits = Limits::default();
+    assert_eq!(limits.max_frames, 1000);
+    let limit = Limits::DEFAULT_MAX_FRAMES as usize;
+    // Exactly at the limit is fine; one more is refused.
+    assert_eq!(thumbnails(&one_pixel_frames(limit)).len(), 3);
+    let error = assert_input_error(&one_pixel_frames(limit + 1), &limits);
+    assert_eq!(
+        error,
+        ImagingError::TooManyFrames {
+            frames_at_least: 1001,
+            limit: 1000
+        }
+    );
+    assert_eq!(error.kind(), "too_many_frames");
+    assert!(
+        error
+            .to_string()
+            .contains("more than the limit of 1000 frames"),
+        "{error}"
+    );
+    // A million frames (23 MB): counting stops just past the limit.
+    let bomb = one_pixel_frames(1_000_000);
+    let started = Instant::now();
+    assert_eq!(frame_count(&bomb, ImageFormat::Gif, 1000), Ok(1001));
+    let error = assert_input_error(&bomb, &limits);
+    assert!(
+        matches!(
+            error,
+            ImagingError::TooManyFrames {
+                frames_at_least: 1001,
+                limit: 1000
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Made by a real encoder, with a configured limit.
+    let limits = Limits {
+        max_frames: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        assert_input_error(&gif(64, 64, &[RED, GREEN, BLUE]), &limits),
+        ImagingError::TooManyFrames {
+            frames_at_least: 3,
+            limit: 2
+        }
+    ));
+}
+
+#[test]
+fn webp_frame_bombs_are_refused_from_the_structure() {
+    let limits = Limits {
+        max_frames: 4,
+        ..Limits::default()
+    };
+    let spec = ThumbnailSpec::default();
+    assert!(make_thumbnails(&animated_webp(16, 16, &[RED; 4]), &spec, &limits).is_ok());
+    assert_eq!(
+        assert_input_error(&animated_webp(16, 16, &[RED; 5]), &limits),
+        ImagingError::TooManyFrames {
+            frames_at_least: 5,
+            limit: 4
+        }
+    );
+    // Over the default limit.
+    let bomb = animated_webp(2, 2, &[BLUE; 1001]);
+    assert_eq!(
+        assert_input_error(&bomb, &Limits::default()),
+        ImagingError::TooManyFrames {
+            frames_at_least: 1001,
+            limit: 1000
+        }
+    );
+}
+
+#[test]
+fn truncated_and_broken_animations_fail_cleanly() {
+    let spec = ThumbnailSpec {
+        sizes: vec![40, 20],
+        jpeg_quality: 80,
+    };
+    let limits = Limits::default();
+    for sample in [
+        gif(48, 32, &[RED, GREEN, BLUE]),
+        animated_webp(48, 32, &[RED, GREEN, BLUE]),
+        one_pixel_frames(5),
+    ] {
+        for len in 0..sample.len() {
+            let cut = &sample[..len];
+            if let Ok(format) = probe(cut).map(|p| p.format) {
+                let _ = frame_count(cut, format, 2);
+            }
+            if let Err(error) = make_thumbnails(cut, &spec, &limits) {
+                assert!(
+                    error.is_permanent() && error.is_input_error(),
+                    "{len}: {error:?}"
+                );
+            }
+        }
+    }
+    // An animated WebP without any frame, and a GIF with an unknown block.
+    let mut no_frames = animated_webp(8, 8, &[]);
+    assert!(matches!(
+        assert_input_error(&no_frames, &limits),
+        ImagingError::Corrupt(_)
+    ));
+    no_frames.truncate(no_frames.len() - 3);
+    assert_input_error(&no_frames, &limits);
+    let mut garbage = one_pixel_frames(2);
+    garbage.pop();
+    garbage.push(0x99);
+    assert!(matches!(
+        assert_input_error(&garbage, &limits),
+        ImagingError::Corrupt(_)
+    ));
 }
 
 // ---------------------------------------------------------------- orientation, sizes

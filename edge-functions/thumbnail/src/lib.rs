@@ -22,7 +22,9 @@
 //!    `height`, and the idempotency key `thumbnail:{event_id}:w{N}` (a redelivery stores
 //!    nothing new and produces no new event). The catalog records the variants from the storage
 //!    events (the dispatcher calls `RecordVariant`), not this function.
-//! 6. An undecodable image or one over the limits: catalog `MarkImageFailed` (with the event id)
+//! 6. An undecodable image or one over the limits (pixels, bytes, memory, or an animation of
+//!    more than `Limits::DEFAULT_MAX_FRAMES` frames; animations otherwise use their first
+//!    frame only): catalog `MarkImageFailed` (with the event id)
 //!    and `422` (final: the dispatcher does not retry). Mesh unavailable: `503` (retried).
 //!
 //! Answers are JSON: `{"result":"created","variants":[...]}`, `{"result":"skipped"|"ignored",
@@ -132,6 +134,7 @@ impl Settings {
                 max_pixels: number("max_pixels", Limits::DEFAULT_MAX_PIXELS)?,
                 max_input_bytes: number("upload_max_bytes", Limits::DEFAULT_MAX_INPUT_BYTES)?,
                 max_alloc_bytes: Limits::DEFAULT_MAX_ALLOC_BYTES,
+                max_frames: Limits::DEFAULT_MAX_FRAMES,
             },
         })
     }
