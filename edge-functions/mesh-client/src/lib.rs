@@ -348,4 +348,21 @@ mod tests {
             assert_eq!(ip(bad), None, "{bad}");
         }
     }
+
+    // Spin: crates/trigger-http/src/wasi.rs, `prepare_request`, appends its `spin-*` headers
+    // after the client's, so on `spin up` a forged `spin-client-addr` comes first and Spin's
+    // last: the functions forward the last one.
+    #[test]
+    fn spins_appended_client_address_wins_over_a_forged_one() {
+        let headers = Headers(vec![
+            ("Spin-Client-Addr".into(), b"6.6.6.6:1".to_vec()),
+            ("x-other".into(), b"v".to_vec()),
+            ("spin-client-addr".into(), b"203.0.113.5:40000".to_vec()),
+        ]);
+        let forwarded = headers.get("spin-client-addr").and_then(client_ip);
+        assert_eq!(
+            forwarded.map(|ip| ip.to_string()).as_deref(),
+            Some("203.0.113.5")
+        );
+    }
 }

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 pub use config::GatewayConfig;
-use proxy::{Gateway, GatewayService, PeerAddr};
+use proxy::{Gateway, GatewayService};
 
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
@@ -272,14 +272,7 @@ impl BoundGateway {
         serve(
             self.listener,
             options,
-            move |connection| {
-                tower::ServiceBuilder::new()
-                    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(PeerAddr(connection.remote));
-                        request
-                    })
-                    .service(layers.clone())
-            },
+            move |_connection| layers.clone(),
             drain_signal,
         )
         .await;

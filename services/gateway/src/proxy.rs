@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,15 +15,11 @@ use http_body_util::{BodyExt, StreamBody};
 use storemesh_mesh::Upstream;
 use storemesh_runtime::ServiceError;
 use storemesh_runtime::auth::{Authenticator, bearer_token};
-use storemesh_runtime::server::{ClientAddr, TrustedProxies};
+use storemesh_runtime::server::ClientAddr;
 use tonic::body::Body;
 
 use crate::config::GatewayConfig;
 use crate::limits::{KeyedLimiter, Prune};
-
-/// The client's TCP peer, attached to each request by the accept loop.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// Services the gateway answers itself.
 const LOCAL_SERVICES: &[&str] = &[
@@ -41,7 +37,6 @@ pub struct Gateway {
     streaming_methods: HashSet<String>,
     max_request_bytes: u64,
     max_streaming_request_bytes: u64,
-    trusted_proxies: TrustedProxies,
     by_identity: KeyedLimiter<String>,
     by_service: KeyedLimiter<String>,
     by_address: KeyedLimiter<IpAddr>,
@@ -81,7 +76,6 @@ impl Gateway {
             streaming_methods: config.streaming_methods.iter().cloned().collect(),
             max_request_bytes: u64::try_from(config.max_request_bytes).unwrap_or(u64::MAX),
             max_streaming_request_bytes: config.max_streaming_request_bytes,
-            trusted_proxies: TrustedProxies::new(config.server.trusted_proxies.iter().copied()),
             by_identity: KeyedLimiter::new(
                 "identity",
                 limits.per_identity_per_sec,
@@ -108,17 +102,10 @@ impl Gateway {
         self.by_address.len()
     }
 
-    /// The end client of `request`: what the server layers resolved (`ClientAddr`), else the
-    /// TCP peer with `x-forwarded-for` believed only from `server.trusted_proxies`.
+    /// The end client of `request`, as the server layers resolved it (`GrpcLayer`: the TCP
+    /// peer, or what `server.trusted_proxies` forwarded).
     fn client(&self, request: &http::Request<Body>) -> Option<ClientAddr> {
-        if let Some(client) = request.extensions().get::<ClientAddr>() {
-            return Some(*client);
-        }
-        let peer = request.extensions().get::<PeerAddr>()?.0;
-        Some(
-            self.trusted_proxies
-                .client_addr(peer.ip(), request.headers()),
-        )
+        request.extensions().get::<ClientAddr>().copied()
     }
 
     async fn handle(
